@@ -1,0 +1,71 @@
+/**
+ * Typed errors shared by every layer.
+ *
+ * Each error carries a stable string `code` (API: clients and tests match on it) grouped by
+ * subsystem prefix (`DISK_`, `NBD_`, `CONFIG_`, ...), a human message that may change, optional
+ * structured `details`, and the standard `cause` chain.
+ */
+
+export type ErrorCode =
+  // Disk layer.
+  | 'DISK_OUT_OF_RANGE'
+  | 'DISK_MISALIGNED'
+  | 'DISK_GONE'
+  | 'DISK_READ_ONLY'
+  | 'DISK_IO'
+  | 'DISK_NO_SPACE'
+  | 'DISK_NOT_SUPPORTED'
+  | 'DISK_CLOSED'
+  | 'DISK_INVALID_ARGUMENT'
+  // NBD protocol (server and client).
+  | 'NBD_PROTOCOL'
+  | 'NBD_EXPORT_EXISTS'
+  | 'NBD_EXPORT_NOT_FOUND'
+  | 'NBD_SERVER_ERROR'
+  | 'NBD_DISCONNECTED'
+  // Configuration and process level.
+  | 'CONFIG_INVALID'
+  | 'INVALID_ARGUMENT'
+  | 'NOT_FOUND'
+  | 'ALREADY_EXISTS'
+  | 'FAILED_PRECONDITION'
+  | 'INTERNAL';
+
+export class TandemError extends Error {
+  readonly code: ErrorCode;
+  readonly details: Readonly<Record<string, unknown>>;
+
+  constructor(
+    code: ErrorCode,
+    message: string,
+    options: { cause?: unknown; details?: Record<string, unknown> } = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'TandemError';
+    this.code = code;
+    this.details = options.details ?? {};
+  }
+}
+
+export function isTandemError(error: unknown, code?: ErrorCode): error is TandemError {
+  return error instanceof TandemError && (code === undefined || error.code === code);
+}
+
+/**
+ * A programmer error: an invariant that must hold whatever the input. Stays on in production,
+ * as TigerBeetle's assertions do; an operating error (bad input, I/O failure) is never an assert.
+ */
+export function assert(condition: unknown, message: string): asserts condition {
+  if (!condition) {
+    throw new Error(`assertion failed: ${message}`);
+  }
+}
+
+/** Node's system errors carry `code` (e.g. 'EIO') and `errno`; this reads them safely. */
+export function systemErrorCode(error: unknown): string | undefined {
+  if (typeof error === 'object' && error !== null && 'code' in error) {
+    const code = (error as { code: unknown }).code;
+    return typeof code === 'string' ? code : undefined;
+  }
+  return undefined;
+}
