@@ -1,7 +1,7 @@
 /**
  * A BlockDevice on a remote NBD export: a PV may live behind NBD the way a LUN lives behind
  * iSCSI. Built on the project's own NBD client (src/nbd/client.ts), which shares its wire code
- * with the server; docs/adr/0002-nbd-wire-code-below-disk.md says why the disk layer may use it.
+ * with the server; docs/adr/0001-nbd-wire-code-below-disk.md says why the disk layer may use it.
  *
  * Requests larger than the server's maximum block size are split; errors from the server come
  * back as the disk layer's typed errors, and a lost connection is DISK_GONE.
