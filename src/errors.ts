@@ -25,6 +25,8 @@ export type ErrorCode =
   | 'NBD_DISCONNECTED'
   // Configuration and process level.
   | 'CONFIG_INVALID'
+  | 'LISTEN_FAILED'
+  | 'STATE_CORRUPT'
   | 'INVALID_ARGUMENT'
   | 'NOT_FOUND'
   | 'ALREADY_EXISTS'

@@ -1,0 +1,96 @@
+/**
+ * `tandem`, the admin CLI. Every subcommand is one or more gRPC calls to a tandemd; tables for
+ * people, `--json` for scripts, and failures as `tandem: <message> (<CODE>)` with exit code 1.
+ */
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { tandemVersion } from '../generated/version.js';
+import { ApiConnection, CliError } from './api.js';
+import { registerExportCommands } from './commands/export.js';
+import { registerNodeCommands } from './commands/node.js';
+import type { CliContext, CliOutput, CommandGroup } from './context.js';
+
+export const defaultServerAddress = '127.0.0.1:7600';
+export const defaultTimeoutSeconds = 10;
+/** A deadline is never unbounded: an hour is already far past any unary call. */
+const timeoutSecondsMax = 3600;
+
+/** Later groups (lockspace, host, lock, pv, vg, lv) are added here, one file each. */
+const commandGroups: readonly CommandGroup[] = [registerNodeCommands, registerExportCommands];
+
+function parseTimeoutSeconds(text: string): number {
+  const seconds = Number(text);
+  if (!Number.isFinite(seconds) || seconds <= 0 || seconds > timeoutSecondsMax) {
+    throw new InvalidArgumentError(`expected seconds in (0, ${timeoutSecondsMax}]`);
+  }
+  return seconds;
+}
+
+export function buildCliProgram(output: { stdout: CliOutput; stderr: CliOutput }): {
+  program: Command;
+  close: () => void;
+} {
+  const program = new Command('tandem')
+    .description('Admin CLI of tandem, the clustered block-storage manager.')
+    .version(tandemVersion)
+    .addOption(
+      new Option('--server <host:port>', 'tandemd gRPC address')
+        .env('TANDEM_SERVER')
+        .default(defaultServerAddress),
+    )
+    .addOption(
+      new Option('--timeout <seconds>', 'deadline of each call')
+        .argParser(parseTimeoutSeconds)
+        .default(defaultTimeoutSeconds),
+    )
+    .configureOutput({
+      writeOut: (text) => output.stdout.write(text),
+      writeErr: (text) => output.stderr.write(text),
+    })
+    .showHelpAfterError()
+    .exitOverride();
+  let connection: ApiConnection | undefined;
+  const context: CliContext = {
+    stdout: output.stdout,
+    connection: () => {
+      const options = program.opts<{ server: string; timeout: number }>();
+      connection ??= new ApiConnection(options.server, options.timeout * 1000);
+      return connection;
+    },
+  };
+  for (const register of commandGroups) register(program, context);
+  // Subcommands inherit the output routing and the exit override for their own usage errors.
+  for (const command of program.commands) {
+    command.copyInheritedSettings(program);
+    for (const subcommand of command.commands) subcommand.copyInheritedSettings(command);
+  }
+  return { program, close: () => connection?.close() };
+}
+
+/** Runs the CLI; resolves with the process exit code. */
+export async function main(
+  argv: readonly string[] = process.argv,
+  output: { stdout: CliOutput; stderr: CliOutput } = {
+    stdout: process.stdout,
+    stderr: process.stderr,
+  },
+): Promise<number> {
+  const { program, close } = buildCliProgram(output);
+  try {
+    await program.parseAsync([...argv]);
+    return 0;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      // Commander already printed usage or help; help and --version are not failures.
+      return error.exitCode;
+    }
+    if (error instanceof CliError) {
+      output.stderr.write(`tandem: ${error.message} (${error.code})\n`);
+    } else {
+      const message = error instanceof Error ? error.message : String(error);
+      output.stderr.write(`tandem: ${message} (INTERNAL)\n`);
+    }
+    return 1;
+  } finally {
+    close();
+  }
+}

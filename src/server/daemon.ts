@@ -1,0 +1,248 @@
+/**
+ * tandemd: reads its settings, starts the NBD server and the gRPC API, prints one ready line
+ * on stdout, and stops cleanly on SIGTERM or SIGINT.
+ *
+ * Start order: data dir, exports restored, NBD listening, gRPC listening, ready line. So when
+ * a client sees the ready line (or the API), every restored export is already served.
+ * Stop order is the reverse: the API first (no new changes), then every NBD connection, then
+ * the devices, so no request is in flight on a device being closed.
+ */
+import fs from 'node:fs/promises';
+import { Command, Option } from 'commander';
+import { openFileDevice } from '../disk/file-device.js';
+import { TandemError, isTandemError } from '../errors.js';
+import { tandemVersion } from '../generated/version.js';
+import { type Logger, createLogger } from '../log.js';
+import { NbdServer } from '../nbd/server.js';
+import { type DaemonConfig, type DaemonFlags, formatListenAddress, loadConfig } from './config.js';
+import { ExportManager } from './export-manager.js';
+import {
+  TandemGrpcServer,
+  type TandemServiceRegistration,
+  tandemServiceDefinitions,
+} from './grpc-server.js';
+import { exportsHandlers } from './services/exports-service.js';
+import { nodeHandlers } from './services/node-service.js';
+
+/** How long running gRPC calls may take to finish once a stop was asked for. */
+export const grpcShutdownGraceMs = 5_000;
+/** If a clean stop takes longer than this, something hangs: exit non-zero rather than wait. */
+export const stopTimeoutMs = 15_000;
+
+export interface RunningDaemon {
+  readonly grpcAddress: string;
+  readonly nbdAddress: string;
+  stop(): Promise<void>;
+}
+
+export async function startDaemon(config: DaemonConfig, logger: Logger): Promise<RunningDaemon> {
+  const startTime = new Date();
+  await fs.mkdir(config.dataDir, { recursive: true }).catch((error: unknown) => {
+    throw new TandemError('CONFIG_INVALID', `cannot create data dir ${config.dataDir}`, {
+      cause: error,
+    });
+  });
+  const nbdServer = new NbdServer({ logger: logger.child({ component: 'nbd' }) });
+  const exportManager = new ExportManager({
+    dataDir: config.dataDir,
+    registry: nbdServer,
+    openDevice: (filePath, options) => openFileDevice(filePath, options),
+    logger: logger.child({ component: 'exports' }),
+  });
+  // Known once bound (port 0 asks for any); read lazily by the handlers.
+  const addresses = {
+    grpc: formatListenAddress(config.grpc),
+    nbd: formatListenAddress(config.nbd),
+  };
+  const grpcLogger = logger.child({ component: 'grpc' });
+  const grpcServer = new TandemGrpcServer({
+    logger: grpcLogger,
+    services: tandemServices({
+      config,
+      startTime,
+      nbdServer,
+      exportManager,
+      addresses,
+      logger: grpcLogger,
+    }),
+  });
+
+  let grpcStarted = false;
+  const stop = async (): Promise<void> => {
+    if (grpcStarted) await grpcServer.shutdown(grpcShutdownGraceMs);
+    await nbdServer.close();
+    await exportManager.closeDevices();
+  };
+  try {
+    const restored = await exportManager.restore();
+    logger.info('exports restored', restored);
+    addresses.nbd = formatListenAddress(await listenNbd(nbdServer, config));
+    addresses.grpc = formatListenAddress(await grpcServer.listen(config.grpc));
+    grpcStarted = true;
+  } catch (error) {
+    await stop().catch((stopError: unknown) => {
+      logger.warn('cleanup after a failed start failed', { error: stopError });
+    });
+    throw error;
+  }
+  return { grpcAddress: addresses.grpc, nbdAddress: addresses.nbd, stop };
+}
+
+/** The tandem services of this daemon; a new service file adds its registration here. */
+function tandemServices(parts: {
+  config: DaemonConfig;
+  startTime: Date;
+  nbdServer: NbdServer;
+  exportManager: ExportManager;
+  addresses: { grpc: string; nbd: string };
+  logger: Logger;
+}): TandemServiceRegistration[] {
+  const { config, startTime, nbdServer, exportManager, addresses, logger } = parts;
+  const definitions = tandemServiceDefinitions();
+  return [
+    {
+      name: 'tandem.v1.Node',
+      definition: definitions.node,
+      handlers: nodeHandlers({
+        logger,
+        facts: () => ({
+          version: tandemVersion,
+          hostName: config.hostName,
+          startTime,
+          grpcAddress: addresses.grpc,
+          nbdAddress: addresses.nbd,
+        }),
+        exportCounts: () => {
+          const exports = nbdServer.listExports();
+          const connectionCount = exports.reduce((sum, item) => sum + item.connectionCount, 0);
+          return { exportCount: exports.length, connectionCount };
+        },
+      }),
+    },
+    {
+      name: 'tandem.v1.Exports',
+      definition: definitions.exports,
+      handlers: exportsHandlers({
+        logger,
+        exportManager,
+        nbdBaseUri: () => `nbd://${addresses.nbd}/`,
+      }),
+    },
+  ];
+}
+
+async function listenNbd(
+  nbdServer: NbdServer,
+  config: DaemonConfig,
+): Promise<{ host: string; port: number }> {
+  try {
+    return await nbdServer.listen(config.nbd);
+  } catch (error) {
+    const reason = error instanceof Error ? error.message : String(error);
+    throw new TandemError(
+      'LISTEN_FAILED',
+      `cannot listen for NBD on ${formatListenAddress(config.nbd)}: ${reason}`,
+      { cause: error },
+    );
+  }
+}
+
+export function buildDaemonProgram(): Command {
+  return new Command('tandemd')
+    .description('The tandem daemon: block exports over NBD, managed over gRPC.')
+    .version(tandemVersion)
+    .option('--config <file>', 'JSON config file; flags override its settings')
+    .option('--data-dir <dir>', 'where tandemd keeps its state (default: ./data)')
+    .option('--grpc <host:port>', 'gRPC API listen address; port 0 = any (default: 127.0.0.1:7600)')
+    .option('--nbd <host:port>', 'NBD listen address; port 0 = any (default: 127.0.0.1:10809)')
+    .option('--host-name <name>', 'this host in the cluster (default: the system host name)')
+    .addOption(
+      new Option('--log-level <level>', 'log level (default: info)').choices([
+        'debug',
+        'info',
+        'warn',
+        'error',
+      ]),
+    )
+    .showHelpAfterError()
+    .allowExcessArguments(false);
+}
+
+function toFlags(options: Record<string, unknown>): DaemonFlags {
+  const text = (value: unknown): string | undefined =>
+    typeof value === 'string' ? value : undefined;
+  return {
+    config: text(options['config']),
+    dataDir: options['dataDir'],
+    grpc: options['grpc'],
+    nbd: options['nbd'],
+    hostName: options['hostName'],
+    logLevel: options['logLevel'],
+  };
+}
+
+function describeError(error: unknown): string {
+  if (isTandemError(error)) return `${error.message} (${error.code})`;
+  return error instanceof Error ? error.message : String(error);
+}
+
+/** Entry point of bin/tandemd.js. Resolves once the daemon runs; exits the process on stop. */
+export async function main(argv: readonly string[] = process.argv): Promise<void> {
+  const program = buildDaemonProgram();
+  program.parse([...argv]);
+  let logger = createLogger();
+  let daemon: RunningDaemon;
+  try {
+    const config = await loadConfig(toFlags(program.opts()));
+    logger = createLogger({ level: config.logLevel, fields: { hostName: config.hostName } });
+    installCrashHandlers(logger);
+    daemon = await startDaemon(config, logger);
+  } catch (error) {
+    logger.error('tandemd failed to start', { error });
+    process.stderr.write(`tandemd: ${describeError(error)}\n`);
+    process.exit(1);
+  }
+  const readyLine = `tandemd ready grpc=${daemon.grpcAddress} nbd=${daemon.nbdAddress}`;
+  logger.info(readyLine, { grpcAddress: daemon.grpcAddress, nbdAddress: daemon.nbdAddress });
+  process.stdout.write(`${readyLine}\n`);
+  installStopHandlers(daemon, logger);
+}
+
+function installStopHandlers(daemon: RunningDaemon, logger: Logger): void {
+  let stopping = false;
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (stopping) {
+      logger.warn('second signal while stopping: exiting now', { signal });
+      process.exit(1);
+    }
+    stopping = true;
+    logger.info('stopping', { signal });
+    const watchdog = setTimeout(() => {
+      logger.error('stop did not finish in time: exiting', { stopTimeoutMs });
+      process.exit(1);
+    }, stopTimeoutMs);
+    watchdog.unref();
+    daemon.stop().then(
+      () => {
+        logger.info('stopped');
+        process.exit(0);
+      },
+      (error: unknown) => {
+        logger.error('stop failed', { error });
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+}
+
+/** Crash-only: an unexpected exception leaves state unknown, so log it and exit. */
+function installCrashHandlers(logger: Logger): void {
+  const crash = (error: unknown): void => {
+    logger.error('uncaught error: exiting', { error });
+    process.exit(1);
+  };
+  process.on('uncaughtException', crash);
+  process.on('unhandledRejection', crash);
+}

@@ -1,0 +1,64 @@
+/**
+ * The one place where internal errors become gRPC statuses (as grpc-js's serverErrorToStatus).
+ *
+ * The gRPC code tells a client what kind of failure it met; the stable tandem error code
+ * travels beside it in the trailing metadata key `tandem-error-code`, so the CLI can print it
+ * and scripts can match on it.
+ */
+import * as grpc from '@grpc/grpc-js';
+import { type ErrorCode, isTandemError } from '../errors.js';
+
+export const errorCodeMetadataKey = 'tandem-error-code';
+
+/** What a handler passes to its callback when it fails. */
+export interface StatusError {
+  code: grpc.status;
+  details: string;
+  metadata: grpc.Metadata;
+}
+
+function statusForCode(code: ErrorCode): grpc.status {
+  switch (code) {
+    case 'INVALID_ARGUMENT':
+    case 'CONFIG_INVALID':
+    case 'DISK_INVALID_ARGUMENT':
+    case 'DISK_OUT_OF_RANGE':
+    case 'DISK_MISALIGNED':
+      return grpc.status.INVALID_ARGUMENT;
+    case 'NOT_FOUND':
+    case 'NBD_EXPORT_NOT_FOUND':
+      return grpc.status.NOT_FOUND;
+    case 'ALREADY_EXISTS':
+    case 'NBD_EXPORT_EXISTS':
+      return grpc.status.ALREADY_EXISTS;
+    case 'FAILED_PRECONDITION':
+    case 'DISK_READ_ONLY':
+    case 'DISK_NOT_SUPPORTED':
+    case 'DISK_CLOSED':
+      return grpc.status.FAILED_PRECONDITION;
+    case 'DISK_NO_SPACE':
+      return grpc.status.RESOURCE_EXHAUSTED;
+    // The device or a peer went away: retrying later, or elsewhere, may succeed.
+    case 'DISK_GONE':
+    case 'DISK_IO':
+    case 'NBD_DISCONNECTED':
+    case 'NBD_SERVER_ERROR':
+      return grpc.status.UNAVAILABLE;
+    default:
+      // INTERNAL, NBD_PROTOCOL, and any code added after this switch was last reviewed.
+      return grpc.status.INTERNAL;
+  }
+}
+
+/** Maps any thrown value to the status a handler reports. Never throws. */
+export function toStatusError(error: unknown): StatusError {
+  const metadata = new grpc.Metadata();
+  if (isTandemError(error)) {
+    metadata.set(errorCodeMetadataKey, error.code);
+    return { code: statusForCode(error.code), details: error.message, metadata };
+  }
+  // A plain Error here is a bug or an unexpected system error; its message still helps.
+  metadata.set(errorCodeMetadataKey, 'INTERNAL');
+  const message = error instanceof Error ? error.message : String(error);
+  return { code: grpc.status.INTERNAL, details: `internal error: ${message}`, metadata };
+}

@@ -1,0 +1,142 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { describe, test } from 'node:test';
+import { isTandemError } from '../../src/errors.js';
+import {
+  formatListenAddress,
+  loadConfig,
+  parseConfigText,
+  parseListenAddress,
+  resolveConfig,
+} from '../../src/server/config.js';
+
+function assertConfigInvalid(run: () => unknown, pattern: RegExp): void {
+  assert.throws(run, (error: unknown) => {
+    assert.ok(isTandemError(error, 'CONFIG_INVALID'), String(error));
+    assert.match(error.message, pattern);
+    return true;
+  });
+}
+
+describe('parseListenAddress', () => {
+  test('accepts host:port, [v6]:port and :port', () => {
+    assert.deepEqual(parseListenAddress('127.0.0.1:7600', 'grpc'), {
+      host: '127.0.0.1',
+      port: 7600,
+    });
+    assert.deepEqual(parseListenAddress('0.0.0.0:0', 'grpc'), { host: '0.0.0.0', port: 0 });
+    assert.deepEqual(parseListenAddress('[::1]:10809', 'nbd'), { host: '::1', port: 10809 });
+    assert.deepEqual(parseListenAddress('node-1.example:80', 'nbd'), {
+      host: 'node-1.example',
+      port: 80,
+    });
+    assert.deepEqual(parseListenAddress(':9000', 'nbd'), { host: '127.0.0.1', port: 9000 });
+  });
+
+  test('refuses what is not an address, naming the setting', () => {
+    assertConfigInvalid(() => parseListenAddress('7600', 'grpc'), /^grpc: '7600' is not HOST:PORT/);
+    assertConfigInvalid(() => parseListenAddress('host:', 'nbd'), /^nbd: /);
+    assertConfigInvalid(() => parseListenAddress('::1:80', 'nbd'), /is not HOST:PORT/);
+    assertConfigInvalid(
+      () => parseListenAddress('host:65536', 'grpc'),
+      /port 65536 is out of range/,
+    );
+    assertConfigInvalid(() => parseListenAddress('host:-1', 'grpc'), /is not HOST:PORT/);
+  });
+
+  test('formats IPv6 hosts in brackets', () => {
+    assert.equal(formatListenAddress({ host: '::1', port: 1 }), '[::1]:1');
+    assert.equal(formatListenAddress({ host: '10.0.0.1', port: 2 }), '10.0.0.1:2');
+  });
+});
+
+describe('resolveConfig', () => {
+  test('defaults', () => {
+    const config = resolveConfig([], { hostName: 'h1', cwd: '/srv' });
+    assert.deepEqual(config, {
+      dataDir: '/srv/data',
+      grpc: { host: '127.0.0.1', port: 7600 },
+      nbd: { host: '127.0.0.1', port: 10809 },
+      hostName: 'h1',
+      logLevel: 'info',
+    });
+  });
+
+  test('later layers win; relative data dirs resolve against their layer', () => {
+    const config = resolveConfig(
+      [
+        {
+          input: { dataDir: 'state', grpc: '0.0.0.0:1', logLevel: 'debug' },
+          baseDirectory: '/etc/tandem',
+        },
+        { input: { grpc: '127.0.0.1:2', hostName: 'flag-host' }, baseDirectory: '/home/me' },
+      ],
+      { hostName: 'h1', cwd: '/srv' },
+    );
+    assert.equal(config.dataDir, '/etc/tandem/state');
+    assert.deepEqual(config.grpc, { host: '127.0.0.1', port: 2 });
+    assert.equal(config.hostName, 'flag-host');
+    assert.equal(config.logLevel, 'debug');
+  });
+
+  test('refuses bad values with clear messages', () => {
+    const layer = (input: Record<string, unknown>) => [{ input, baseDirectory: '/' }];
+    assertConfigInvalid(
+      () => resolveConfig(layer({ logLevel: 'loud' })),
+      /^logLevel: unknown log level 'loud'/,
+    );
+    assertConfigInvalid(
+      () => resolveConfig(layer({ dataDir: 42 })),
+      /^dataDir must be a non-empty string/,
+    );
+    assertConfigInvalid(
+      () => resolveConfig(layer({ hostName: 'two words' })),
+      /^hostName 'two words'/,
+    );
+    assertConfigInvalid(
+      () => resolveConfig(layer({ grpc: ['a'] })),
+      /^grpc must be a non-empty string/,
+    );
+    assertConfigInvalid(
+      () => resolveConfig(layer({ grpc: '127.0.0.1:5000', nbd: '127.0.0.1:5000' })),
+      /cannot both listen on 127\.0\.0\.1:5000/,
+    );
+  });
+});
+
+describe('config files', () => {
+  test('refuses invalid JSON, non-objects and unknown keys', () => {
+    assertConfigInvalid(
+      () => parseConfigText('{', '/c.json'),
+      /^config file \/c\.json is not valid JSON/,
+    );
+    assertConfigInvalid(() => parseConfigText('[]', '/c.json'), /must hold a JSON object/);
+    assertConfigInvalid(
+      () => parseConfigText('{"dataDir":"x","grcp":"y"}', '/c.json'),
+      /unknown setting\(s\) grcp \(known: dataDir, grpc, nbd, hostName, logLevel\)/,
+    );
+  });
+
+  test('flags override the file; the file path resolves relative to cwd', async () => {
+    const directory = fs.mkdtempSync(path.join(os.tmpdir(), 'tandem-config-'));
+    try {
+      fs.writeFileSync(
+        path.join(directory, 'tandemd.json'),
+        JSON.stringify({ dataDir: 'from-file', nbd: '127.0.0.1:1', hostName: 'file-host' }),
+      );
+      const config = await loadConfig({ config: 'tandemd.json', hostName: 'flag-host' }, directory);
+      assert.equal(config.dataDir, path.join(directory, 'from-file'));
+      assert.deepEqual(config.nbd, { host: '127.0.0.1', port: 1 });
+      assert.equal(config.hostName, 'flag-host');
+      await assert.rejects(loadConfig({ config: 'missing.json' }, directory), (error: unknown) => {
+        assert.ok(isTandemError(error, 'CONFIG_INVALID'));
+        assert.match(error.message, /^cannot read config file \S+missing\.json/);
+        return true;
+      });
+    } finally {
+      fs.rmSync(directory, { recursive: true, force: true });
+    }
+  });
+});
