@@ -26,7 +26,8 @@ export interface WriteZeroesOptions extends WriteOptions {
   readonly fastOnly?: boolean;
 }
 
-export interface DiscardOptions extends WriteOptions {}
+/** Discard takes only the write options (FUA). */
+export type DiscardOptions = WriteOptions;
 
 /** One run of the answer to blockStatus: `lengthBytes` bytes with the same state. */
 export interface BlockStatusExtent {
@@ -77,7 +78,11 @@ export interface BlockDevice {
   /** Hints that a range is unused; reads of it may then return anything (NBD TRIM). */
   discard(offsetBytes: number, lengthBytes: number, options?: DiscardOptions): Promise<void>;
   /** The range reads back as zeroes afterwards. */
-  writeZeroes(offsetBytes: number, lengthBytes: number, options?: WriteZeroesOptions): Promise<void>;
+  writeZeroes(
+    offsetBytes: number,
+    lengthBytes: number,
+    options?: WriteZeroesOptions,
+  ): Promise<void>;
   /** Allocation of a range; extents cover at least one byte and at most `lengthBytes`. */
   blockStatus(offsetBytes: number, lengthBytes: number): Promise<BlockStatusExtent[]>;
   /** Hints to read a range into a cache (NBD CACHE); may do nothing. */

@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "tandem_disk",
+      "sources": ["tandem_disk.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}
