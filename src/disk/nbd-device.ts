@@ -17,7 +17,7 @@ import type {
   WriteOptions,
   WriteZeroesOptions,
 } from './block-device.js';
-import { checkDataRange, checkRange } from './checks.js';
+import { checkDataRange, checkRange, checkStatusRange, closedError, goneError } from './checks.js';
 
 export interface NbdDeviceOptions extends NbdClientOptions {
   readonly readOnly?: boolean;
@@ -159,8 +159,7 @@ export class NbdDevice implements BlockDevice {
 
   async blockStatus(offsetBytes: number, lengthBytes: number): Promise<BlockStatusExtent[]> {
     this.checkOpen();
-    checkRange(this, offsetBytes, lengthBytes, false);
-    if (lengthBytes === 0) return [];
+    checkStatusRange(this, offsetBytes, lengthBytes);
     const asked = Math.min(lengthBytes, 0xffffffff - (0xffffffff % this.alignmentBytes));
     const extents = await this.translate(this.client.blockStatus(offsetBytes, asked));
     return extents.map((extent) => ({
@@ -184,9 +183,8 @@ export class NbdDevice implements BlockDevice {
   }
 
   private checkOpen(): void {
-    if (this.closed) throw new TandemError('DISK_CLOSED', `${this.description} is closed`);
-    if (!this.client.connected)
-      throw new TandemError('DISK_GONE', `${this.description}: connection lost`);
+    if (this.closed) throw closedError(this);
+    if (!this.client.connected) throw goneError(this);
   }
 
   /** Runs one request per piece of at most maximumIoBytes, all in flight together. */
