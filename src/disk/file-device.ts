@@ -27,7 +27,15 @@ import {
   closedError,
   systemErrorToDiskError,
 } from './checks.js';
-import { fdatasync, readFully, readInto, writeFrom, writeFully } from './file-io.js';
+import { BatchedIo } from './batched-io.js';
+import {
+  type TransferDone,
+  fdatasync,
+  readFully,
+  readInto,
+  writeFrom,
+  writeFully,
+} from './file-io.js';
 import { type DiskNative, loadDiskNative } from './native.js';
 import { FileSpaceManager } from './file-space.js';
 
@@ -169,6 +177,12 @@ async function measure(
 }
 
 /** Opens a regular file or a block device as a BlockDevice. */
+/**
+ * Requests per native batch: large enough to amortise the thread-pool hand-off, small enough
+ * that a burst spreads over several pool threads (measured: bench/nbd.ts).
+ */
+const batchOperationsMaximum = 8;
+
 export async function openFileDevice(
   path: string,
   options: FileDeviceOptions = {},
@@ -220,6 +234,9 @@ export class FileDevice implements BlockDevice {
   private readonly deviceNumber: number;
   private closed = false;
   private closing: Promise<void> | undefined;
+  /** Hot-path transfers: batched through the addon when it is there, else fs per request. */
+  private readonly readTransfer: (buffer: Buffer, offsetBytes: number, done: TransferDone) => void;
+  private readonly writeTransfer: (buffer: Buffer, offsetBytes: number, done: TransferDone) => void;
   private inFlightCount = 0;
   private onDrained: (() => void) | undefined;
 
@@ -251,6 +268,18 @@ export class FileDevice implements BlockDevice {
       blockStatus: kind === 'file' && native.isNative,
       consistentAcrossConnections: true,
     };
+    const submitBatch = native.submitBatch;
+    if (submitBatch !== undefined) {
+      // O_DIRECT reads bypass the page cache, so the cache-only attempt would only cost a call.
+      const readCached = opened.direct ? undefined : native.preadNoWait;
+      const batched = new BatchedIo(this.fd, submitBatch, batchOperationsMaximum, readCached);
+      this.readTransfer = (buffer, offsetBytes, done) => batched.read(buffer, offsetBytes, done);
+      this.writeTransfer = (buffer, offsetBytes, done) => batched.write(buffer, offsetBytes, done);
+    } else {
+      const fd = this.fd;
+      this.readTransfer = (buffer, offsetBytes, done) => readInto(fd, buffer, offsetBytes, done);
+      this.writeTransfer = (buffer, offsetBytes, done) => writeFrom(fd, buffer, offsetBytes, done);
+    }
     this.space = new FileSpaceManager({
       fd: this.fd,
       kind,
@@ -275,7 +304,7 @@ export class FileDevice implements BlockDevice {
     }
     this.inFlightCount++;
     return new Promise((resolve, reject) => {
-      readInto(this.fd, buffer, offsetBytes, (error) => {
+      this.readTransfer(buffer, offsetBytes, (error) => {
         this.endIo();
         if (error === null) resolve();
         else reject(this.mapError(error, 'read', offsetBytes, buffer.length));
@@ -296,7 +325,7 @@ export class FileDevice implements BlockDevice {
     }
     this.inFlightCount++;
     return new Promise((resolve, reject) => {
-      writeFrom(this.fd, buffer, offsetBytes, (error) => {
+      this.writeTransfer(buffer, offsetBytes, (error) => {
         this.endIo();
         if (error === null) resolve();
         else reject(this.mapError(error, 'write', offsetBytes, buffer.length));

@@ -51,7 +51,30 @@ export interface DiskNative {
   allocateAligned(sizeBytes: number, alignmentBytes: number): Buffer | undefined;
   /** Whether `buffer` starts at a multiple of `alignmentBytes`; false when unknown. */
   isAddressAligned(buffer: Buffer, alignmentBytes: number): boolean;
+  /**
+   * Runs a batch of positional reads and writes on one pool thread (src/disk/batched-io.ts);
+   * undefined in the fallback, where each request goes through fs on its own.
+   */
+  readonly submitBatch: SubmitBatch | undefined;
+  readonly batchMaximumOperations: number;
+  /**
+   * Reads from the page cache only, never waiting on the device: the bytes read, or a negative
+   * errno (-EAGAIN: not cached). Undefined in the fallback.
+   */
+  readonly preadNoWait: ((fd: number, buffer: Buffer, offsetBytes: number) => number) | undefined;
 }
+
+/**
+ * results[i] is 0 for success, a positive errno, or -1 when a read met the end of the file.
+ * `writes[i]` is 1 for a write and 0 for a read.
+ */
+export type SubmitBatch = (
+  fd: number,
+  buffers: Buffer[],
+  offsets: Float64Array,
+  writes: Uint8Array,
+  done: (results: Int32Array) => void,
+) => void;
 
 /** The raw addon exports (native/tandem_disk.c). */
 interface NativeAddon {
@@ -64,6 +87,9 @@ interface NativeAddon {
   blockDeviceGeometry(fd: number): BlockDeviceGeometry;
   directIoAlignment(fd: number): DirectIoAlignment;
   addressModulo(buffer: Buffer, alignment: number): number;
+  submitBatch: SubmitBatch;
+  preadNoWait(fd: number, buffer: Buffer, offset: number): number;
+  BATCH_MAXIMUM_OPERATIONS: number;
   FALLOC_FL_KEEP_SIZE: number;
   FALLOC_FL_PUNCH_HOLE: number;
   FALLOC_FL_ZERO_RANGE: number;
@@ -137,6 +163,9 @@ export const fallbackDiskNative: DiskNative = {
   directIoAlignment: () => ({ memoryAlignmentBytes: 0, offsetAlignmentBytes: 0 }),
   allocateAligned: () => undefined,
   isAddressAligned: () => false,
+  submitBatch: undefined,
+  batchMaximumOperations: 0,
+  preadNoWait: undefined,
 };
 
 function wrapAddon(addon: NativeAddon): DiskNative {
@@ -168,6 +197,9 @@ function wrapAddon(addon: NativeAddon): DiskNative {
       return backing.subarray(startBytes, startBytes + sizeBytes);
     },
     isAddressAligned: (buffer, alignmentBytes) => addon.addressModulo(buffer, alignmentBytes) === 0,
+    submitBatch: addon.submitBatch,
+    batchMaximumOperations: addon.BATCH_MAXIMUM_OPERATIONS,
+    preadNoWait: addon.preadNoWait,
   };
 }
 
@@ -177,6 +209,8 @@ function isNativeAddon(value: unknown): value is NativeAddon {
   return (
     typeof record['fallocate'] === 'function' &&
     typeof record['addressModulo'] === 'function' &&
+    typeof record['submitBatch'] === 'function' &&
+    typeof record['preadNoWait'] === 'function' &&
     typeof record['FALLOC_FL_PUNCH_HOLE'] === 'number'
   );
 }

@@ -1,0 +1,131 @@
+/**
+ * Groups the positional reads and writes of one event-loop turn into batches for the native
+ * addon's submitBatch(): one thread-pool hand-off and one completion per batch instead of per
+ * request. The NBD server parses every request of a socket read in one go, so at queue depth 32
+ * a batch typically holds many requests.
+ *
+ * Requests are queued and flushed at setImmediate, i.e. after the poll phase has delivered all
+ * socket data of this turn. Batches are capped so that several pool threads share a large burst
+ * (and one slow request delays at most its own batch).
+ */
+import type { SubmitBatch } from './native.js';
+
+/** Completion of one request: null, or an errno-style error like Node's fs errors. */
+export type BatchDone = (error: NodeJS.ErrnoException | null) => void;
+
+const errnoNames: Readonly<Record<number, string>> = {
+  1: 'EPERM',
+  5: 'EIO',
+  6: 'ENXIO',
+  9: 'EBADF',
+  12: 'ENOMEM',
+  19: 'ENODEV',
+  22: 'EINVAL',
+  27: 'EFBIG',
+  28: 'ENOSPC',
+  30: 'EROFS',
+  122: 'EDQUOT',
+  123: 'ENOMEDIUM',
+  125: 'ECANCELED',
+};
+
+function batchError(result: number, write: boolean, offsetBytes: number): NodeJS.ErrnoException {
+  if (result === -1) {
+    return Object.assign(new Error(`unexpected end of file at ${offsetBytes}`), { code: 'EEOF' });
+  }
+  const code = errnoNames[result] ?? `ERRNO${result}`;
+  return Object.assign(new Error(`${write ? 'pwrite' : 'pread'} failed: ${code}`), {
+    code,
+    errno: -result,
+    syscall: write ? 'pwrite' : 'pread',
+  });
+}
+
+const errnoOperationNotSupported = 95;
+
+export class BatchedIo {
+  private buffers: Buffer[] = [];
+  private offsets: number[] = [];
+  private writes: number[] = [];
+  private callbacks: BatchDone[] = [];
+  private flushScheduled = false;
+
+  /** Cleared on the first answer that says RWF_NOWAIT is not supported here. */
+  private tryCacheFirst: boolean;
+
+  constructor(
+    private readonly fd: number,
+    private readonly submit: SubmitBatch,
+    private readonly maximumOperationsPerBatch: number,
+    private readonly readCached:
+      ((fd: number, buffer: Buffer, offsetBytes: number) => number) | undefined,
+  ) {
+    this.tryCacheFirst = readCached !== undefined;
+  }
+
+  /**
+   * A read the page cache can answer completes at once on the event loop (a few microseconds,
+   * never a wait on the device); anything else goes to the pool with the next batch.
+   */
+  read(buffer: Buffer, offsetBytes: number, done: BatchDone): void {
+    if (this.tryCacheFirst && this.readCached !== undefined) {
+      const result = this.readCached(this.fd, buffer, offsetBytes);
+      if (result === buffer.length) {
+        done(null);
+        return;
+      }
+      if (result === -errnoOperationNotSupported) this.tryCacheFirst = false;
+    }
+    this.enqueue(buffer, offsetBytes, 0, done);
+  }
+
+  write(buffer: Buffer, offsetBytes: number, done: BatchDone): void {
+    this.enqueue(buffer, offsetBytes, 1, done);
+  }
+
+  private enqueue(buffer: Buffer, offsetBytes: number, write: number, done: BatchDone): void {
+    this.buffers.push(buffer);
+    this.offsets.push(offsetBytes);
+    this.writes.push(write);
+    this.callbacks.push(done);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.flushScheduled = false;
+    const total = this.buffers.length;
+    for (let start = 0; start < total; start += this.maximumOperationsPerBatch) {
+      const end = Math.min(total, start + this.maximumOperationsPerBatch);
+      this.submitRange(start, end);
+    }
+    this.buffers = [];
+    this.offsets = [];
+    this.writes = [];
+    this.callbacks = [];
+  }
+
+  private submitRange(start: number, end: number): void {
+    const buffers = this.buffers.slice(start, end);
+    const offsets = Float64Array.from(this.offsets.slice(start, end));
+    const writes = Uint8Array.from(this.writes.slice(start, end));
+    const callbacks = this.callbacks.slice(start, end);
+    this.submit(this.fd, buffers, offsets, writes, (results) => {
+      for (let index = 0; index < callbacks.length; index++) {
+        const result = results[index] ?? 5;
+        const done = callbacks[index];
+        if (done === undefined) continue;
+        // A callback that throws must not stop the others, nor escape into native code.
+        try {
+          done(result === 0 ? null : batchError(result, writes[index] === 1, offsets[index] ?? 0));
+        } catch (error) {
+          queueMicrotask(() => {
+            throw error;
+          });
+        }
+      }
+    });
+  }
+}
