@@ -112,12 +112,13 @@ export class NbdConnection {
    * get ESHUTDOWN, then the socket is closed; after drainTimeoutMs it is destroyed regardless.
    */
   shutdown(reason: string): void {
-    if (this.state === 'closed') return;
-    this.logger.info('connection shutting down', { reason });
-    if (this.target === undefined) {
+    if (this.socket.destroyed) return;
+    if (this.state === 'closed' || this.target === undefined) {
+      // Still haggling, or already ended and waiting for the peer's close: nothing to finish.
       this.hardDisconnect(reason);
       return;
     }
+    this.logger.info('connection shutting down', { reason });
     this.endRequested = true;
     this.armCloseTimer();
     this.maybeEnd();
@@ -125,7 +126,7 @@ export class NbdConnection {
 
   /** Drops the TCP connection at once (protocol violation, abuse, forced stop). */
   hardDisconnect(reason: string): void {
-    if (this.state === 'closed') return;
+    if (this.socket.destroyed) return;
     this.logger.info('dropping connection', { reason });
     this.transition('closed');
     this.socket.destroy();
@@ -224,9 +225,17 @@ export class NbdConnection {
       this.hardDisconnect('oversized option');
       return false;
     }
-    this.transition(
-      this.pendingBytes > this.limits.maximumOptionBytes ? 'option-skip' : 'option-data',
-    );
+    if (this.pendingBytes > this.limits.maximumOptionBytes) {
+      if (this.pendingOption === wire.OPT_EXPORT_NAME) {
+        // EXPORT_NAME has no option reply to carry an error: the spec says end the session.
+        this.logger.warn('export name too long', { bytes: this.pendingBytes });
+        this.hardDisconnect('oversized export name');
+        return false;
+      }
+      this.transition('option-skip');
+      return true;
+    }
+    this.transition('option-data');
     return true;
   }
 
@@ -261,6 +270,8 @@ export class NbdConnection {
       this.logger.info('negotiation ended', { reason: outcome.reason });
       this.transition('closed');
       this.socket.end();
+      // A peer that never closes its side must not hold the connection (and server.close()).
+      this.armCloseTimer();
       return false;
     }
     this.enterTransmission(outcome.export, negotiation);
