@@ -71,6 +71,7 @@ export class NbdConnection {
   private corked = false;
   private handshakeTimer: NodeJS.Timeout | undefined;
   private closeTimer: NodeJS.Timeout | undefined;
+  private closeDeadline = 0;
   private endRequested = false;
   private closeReported = false;
 
@@ -120,7 +121,7 @@ export class NbdConnection {
     }
     this.logger.info('connection shutting down', { reason });
     this.endRequested = true;
-    this.armCloseTimer();
+    this.armCloseTimer(this.limits.drainTimeoutMs);
     this.maybeEnd();
   }
 
@@ -269,9 +270,8 @@ export class NbdConnection {
     if (outcome.kind === 'close') {
       this.logger.info('negotiation ended', { reason: outcome.reason });
       this.transition('closed');
-      this.socket.end();
       // A peer that never closes its side must not hold the connection (and server.close()).
-      this.armCloseTimer();
+      this.endSocket();
       return false;
     }
     this.enterTransmission(outcome.export, negotiation);
@@ -491,13 +491,27 @@ export class NbdConnection {
     if (this.state === 'request-header') this.transition('draining');
     if (this.requestsInFlight > 0) return;
     this.transition('closed');
-    this.socket.end();
-    this.armCloseTimer();
+    this.endSocket();
   }
 
-  private armCloseTimer(): void {
-    if (this.closeTimer !== undefined) return;
-    this.closeTimer = setTimeout(() => this.socket.destroy(), this.limits.drainTimeoutMs);
+  /**
+   * Ends our side once every reply is written, keeps reading so the peer's FIN (or RST) is seen
+   * even if reading was paused for flow control, and drops the socket if the peer has not
+   * closed within the grace time (an idle client may never do so on its own).
+   */
+  private endSocket(): void {
+    this.socket.end();
+    this.socket.resume();
+    this.armCloseTimer(this.limits.closeGraceMs);
+  }
+
+  /** Destroys the socket after `delayMs`, unless an earlier deadline is already set. */
+  private armCloseTimer(delayMs: number): void {
+    const deadline = performance.now() + delayMs;
+    if (this.closeTimer !== undefined && this.closeDeadline <= deadline) return;
+    if (this.closeTimer !== undefined) clearTimeout(this.closeTimer);
+    this.closeDeadline = deadline;
+    this.closeTimer = setTimeout(() => this.socket.destroy(), delayMs);
     this.closeTimer.unref();
   }
 }

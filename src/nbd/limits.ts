@@ -26,6 +26,8 @@ export interface NbdLimits {
   readonly handshakeTimeoutMs: number;
   /** Time in-flight requests get to finish when an export is removed or the server stops. */
   readonly drainTimeoutMs: number;
+  /** Time a peer gets to close after the server ended its side; then the socket is dropped. */
+  readonly closeGraceMs: number;
   /** Block status descriptors per reply. */
   readonly maximumBlockStatusExtents: number;
 }
@@ -40,7 +42,9 @@ export const defaultNbdLimits: NbdLimits = {
   maximumBytesInFlight: 128 * 1024 * 1024,
   maximumConnections: 1024,
   handshakeTimeoutMs: 30_000,
-  drainTimeoutMs: 10_000,
+  // Drain plus grace stays well under the CLI's 10 s deadline for `tandem export remove`.
+  drainTimeoutMs: 5_000,
+  closeGraceMs: 1_000,
   maximumBlockStatusExtents: 1024,
 };
 
