@@ -42,6 +42,13 @@ function batchError(result: number, write: boolean, offsetBytes: number): NodeJS
 }
 
 const errnoOperationNotSupported = 95;
+/**
+ * Larger reads go to the pool even when cached: their copy then runs on a pool thread, beside
+ * the event loop's copy into the socket, instead of after it.
+ */
+const maximumCachedReadBytes = 64 * 1024;
+/** Bytes per batch: small requests share a batch, a large one gets one of its own. */
+const maximumBatchBytes = 128 * 1024;
 
 export class BatchedIo {
   private buffers: Buffer[] = [];
@@ -68,7 +75,11 @@ export class BatchedIo {
    * never a wait on the device); anything else goes to the pool with the next batch.
    */
   read(buffer: Buffer, offsetBytes: number, done: BatchDone): void {
-    if (this.tryCacheFirst && this.readCached !== undefined) {
+    if (
+      this.tryCacheFirst &&
+      this.readCached !== undefined &&
+      buffer.length <= maximumCachedReadBytes
+    ) {
       const result = this.readCached(this.fd, buffer, offsetBytes);
       if (result === buffer.length) {
         done(null);
@@ -97,10 +108,24 @@ export class BatchedIo {
   private flush(): void {
     this.flushScheduled = false;
     const total = this.buffers.length;
-    for (let start = 0; start < total; start += this.maximumOperationsPerBatch) {
-      const end = Math.min(total, start + this.maximumOperationsPerBatch);
-      this.submitRange(start, end);
+    let start = 0;
+    let batchBytes = 0;
+    for (let index = 0; index < total; index++) {
+      const lengthBytes = this.buffers[index]?.length ?? 0;
+      // Close the batch before it would pass either bound; large requests then run side by
+      // side on several pool threads instead of one after another on one.
+      if (
+        index > start &&
+        (index - start >= this.maximumOperationsPerBatch ||
+          batchBytes + lengthBytes > maximumBatchBytes)
+      ) {
+        this.submitRange(start, index);
+        start = index;
+        batchBytes = 0;
+      }
+      batchBytes += lengthBytes;
     }
+    if (total > start) this.submitRange(start, total);
     this.buffers = [];
     this.offsets = [];
     this.writes = [];
