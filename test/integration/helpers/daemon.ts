@@ -108,22 +108,10 @@ export function runCli(
   args: readonly string[],
   options: { env?: NodeJS.ProcessEnv; cwd?: string } = {},
 ): Promise<CliResult> {
-  const child = spawn(process.execPath, [cliBin, ...args], {
+  return runNodeScript(cliBin, args, {
     cwd: options.cwd ?? repositoryRoot,
     env: { ...process.env, ...options.env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  running.add(child);
-  const stdout = collect(child.stdout);
-  const stderr = collect(child.stderr);
-  const timer = setTimeout(() => child.kill('SIGKILL'), cliTimeoutMs);
-  return new Promise((resolve, reject) => {
-    child.once('error', reject);
-    child.once('close', (code) => {
-      clearTimeout(timer);
-      running.delete(child);
-      resolve({ code, stdout: stdout(), stderr: stderr() });
-    });
+    timeoutMs: cliTimeoutMs,
   });
 }
 
@@ -210,22 +198,7 @@ export function runDaemonToExit(
   args: readonly string[],
   timeoutMs = readyTimeoutMs,
 ): Promise<CliResult> {
-  const child = spawn(process.execPath, [daemonBin, ...args], {
-    cwd: repositoryRoot,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  running.add(child);
-  const stdout = collect(child.stdout);
-  const stderr = collect(child.stderr);
-  const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-  return new Promise((resolve, reject) => {
-    child.once('error', reject);
-    child.once('close', (code) => {
-      clearTimeout(timer);
-      running.delete(child);
-      resolve({ code, stdout: stdout(), stderr: stderr() });
-    });
-  });
+  return runNodeScript(daemonBin, args, { cwd: repositoryRoot, env: process.env, timeoutMs });
 }
 
 /** Kills whatever is still running and removes the data dirs made here; for `after` hooks. */
@@ -234,4 +207,29 @@ export async function stopAllDaemons(): Promise<void> {
   for (const child of children) child.kill('SIGKILL');
   await Promise.all(children.map(exitOf));
   removeCreatedDirectories();
+}
+
+/** Runs a Node script of the repo to its exit (killed after `timeoutMs`), capturing its output. */
+function runNodeScript(
+  script: string,
+  args: readonly string[],
+  options: { cwd: string; env: NodeJS.ProcessEnv; timeoutMs: number },
+): Promise<CliResult> {
+  const child = spawn(process.execPath, [script, ...args], {
+    cwd: options.cwd,
+    env: options.env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  running.add(child);
+  const stdout = collect(child.stdout);
+  const stderr = collect(child.stderr);
+  const timer = setTimeout(() => child.kill('SIGKILL'), options.timeoutMs);
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      running.delete(child);
+      resolve({ code, stdout: stdout(), stderr: stderr() });
+    });
+  });
 }
