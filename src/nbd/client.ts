@@ -6,7 +6,7 @@
  * LUN lives behind iSCSI) and by tests. It shares src/nbd/wire.ts with the server.
  */
 import net from 'node:net';
-import { TandemError, assert } from '../errors.js';
+import { TandemError } from '../errors.js';
 import { ByteQueue } from './byte-queue.js';
 import * as wire from './wire.js';
 
@@ -585,7 +585,6 @@ function optionError(option: number, reply: OptionReply, exportName?: string): T
       `export '${exportName ?? ''}' not found: ${message}`,
     );
   }
-  assert(option > 0, 'option number');
   return new TandemError(
     'NBD_PROTOCOL',
     `option ${option} failed (reply 0x${reply.type.toString(16)}): ${message}`,

@@ -46,7 +46,6 @@ interface FlushWaiter {
 }
 
 export class NbdConnection {
-  readonly id: number;
   private state: ConnectionState = 'client-flags';
   private readonly queue = new ByteQueue();
   private negotiation: Negotiation | undefined;
@@ -76,14 +75,12 @@ export class NbdConnection {
   private closeReported = false;
 
   constructor(
-    id: number,
     private readonly socket: Socket,
     private readonly exports: ExportLookup,
     private readonly limits: NbdLimits,
     private readonly hooks: ConnectionHooks,
     private readonly logger: Logger,
   ) {
-    this.id = id;
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
     socket.on('drain', () => {
@@ -102,10 +99,6 @@ export class NbdConnection {
     wire.IHAVEOPT.copy(greeting, 8);
     greeting.writeUInt16BE(wire.FLAG_FIXED_NEWSTYLE | wire.FLAG_NO_ZEROES, 16);
     socket.write(greeting);
-  }
-
-  get exportName(): string | undefined {
-    return this.target?.name;
   }
 
   /**

@@ -155,10 +155,7 @@ export class RequestExecutor {
 
   /** FLUSH after the connection's barrier was met. */
   flush(request: NbdRequest, reply: (bytes: Buffer) => void): void {
-    this.target.device.flush().then(
-      () => reply(this.encodeSuccess(request)),
-      (error: unknown) => reply(this.encodeError(request, nbdErrorFromException(error), error)),
-    );
+    this.replyWhenDone(this.target.device.flush(), request, reply);
   }
 
   encodeError(request: NbdRequest, errno: number, cause?: unknown): Buffer {
@@ -227,6 +224,15 @@ export class RequestExecutor {
         reply(this.encodeError(request, wire.NBD_EINVAL, new Error('unexpected command')));
         return;
     }
+    this.replyWhenDone(operation, request, reply);
+  }
+
+  /** Answers a request that returns no data: success, or the mapped error with its message. */
+  private replyWhenDone(
+    operation: Promise<void>,
+    request: NbdRequest,
+    reply: (bytes: Buffer) => void,
+  ): void {
     operation.then(
       () => reply(this.encodeSuccess(request)),
       (error: unknown) => reply(this.encodeError(request, nbdErrorFromException(error), error)),

@@ -174,7 +174,6 @@ export class NbdServer {
     });
     logger.info('client connected');
     const connection = new NbdConnection(
-      id,
       socket,
       this.lookup,
       this.limits,
