@@ -23,6 +23,32 @@ export type ErrorCode =
   | 'NBD_EXPORT_NOT_FOUND'
   | 'NBD_SERVER_ERROR'
   | 'NBD_DISCONNECTED'
+  // Lockspace, delta leases and host liveness (src/heartbeat-store).
+  /** The lockspace header or a host slot is not a valid tandem record (magic, version, CRC). */
+  | 'LOCKSPACE_CORRUPT'
+  /** The device holds no lockspace, or one too small for its header. */
+  | 'LOCKSPACE_NOT_FOUND'
+  /** The host id asked for is held by a live host, or was taken by a racing host. */
+  | 'HOST_ID_BUSY'
+  /** Every host slot is held. */
+  | 'LOCKSPACE_FULL'
+  /** This host has not joined the lockspace (or has left it). */
+  | 'LOCKSPACE_NOT_JOINED'
+  /** Renewals failed past the fail time: the write gate is closed and every lease is lost. */
+  | 'FENCED'
+  // Resource leases (src/locking).
+  /** Another host holds the lease in a conflicting mode. */
+  | 'LOCK_HELD'
+  /** The wait for a lease passed its deadline. */
+  | 'LOCK_TIMEOUT'
+  /** The operation needs the lease held here (release, convert, set value). */
+  | 'LOCK_NOT_HELD'
+  /** A ballot lost to a concurrent one; retrying may succeed. */
+  | 'LOCK_CONTENDED'
+  /** A lease block could not be read or failed its CRC: never taken as free. */
+  | 'LEASE_IO'
+  /** Every resource area of the lockspace is in use. */
+  | 'LOCKSPACE_NO_RESOURCES'
   // Configuration and process level.
   | 'CONFIG_INVALID'
   | 'LISTEN_FAILED'

@@ -27,6 +27,7 @@ function statusForCode(code: ErrorCode): grpc.status {
       return grpc.status.INVALID_ARGUMENT;
     case 'NOT_FOUND':
     case 'NBD_EXPORT_NOT_FOUND':
+    case 'LOCKSPACE_NOT_FOUND':
       return grpc.status.NOT_FOUND;
     case 'ALREADY_EXISTS':
     case 'NBD_EXPORT_EXISTS':
@@ -35,7 +36,21 @@ function statusForCode(code: ErrorCode): grpc.status {
     case 'DISK_READ_ONLY':
     case 'DISK_NOT_SUPPORTED':
     case 'DISK_CLOSED':
+    case 'FENCED':
+    case 'LOCK_NOT_HELD':
+    case 'LOCKSPACE_NOT_JOINED':
+    case 'LOCKSPACE_CORRUPT':
       return grpc.status.FAILED_PRECONDITION;
+    // A lock conflict: another holder, a lost ballot or a busy host id.
+    case 'LOCK_HELD':
+    case 'LOCK_CONTENDED':
+    case 'HOST_ID_BUSY':
+      return grpc.status.ABORTED;
+    case 'LOCK_TIMEOUT':
+      return grpc.status.DEADLINE_EXCEEDED;
+    case 'LOCKSPACE_FULL':
+    case 'LOCKSPACE_NO_RESOURCES':
+      return grpc.status.RESOURCE_EXHAUSTED;
     case 'DISK_NO_SPACE':
       return grpc.status.RESOURCE_EXHAUSTED;
     // The device or a peer went away: retrying later, or elsewhere, may succeed.
@@ -43,6 +58,7 @@ function statusForCode(code: ErrorCode): grpc.status {
     case 'DISK_IO':
     case 'NBD_DISCONNECTED':
     case 'NBD_SERVER_ERROR':
+    case 'LEASE_IO':
       return grpc.status.UNAVAILABLE;
     default:
       // INTERNAL, NBD_PROTOCOL, and any code added after this switch was last reviewed.
