@@ -18,10 +18,13 @@
  *   S + 5T       in-flight writes drained (or H gives up on them and exits: see docs/leases.md)
  *   S + 6T       earliest moment an observer may judge H failed (its "changed at" >= S and it
  *                needs a read that *started* 6T after that and still saw no change)
- *   S + 6T + T/4 latest moment a monitoring host judges H failed (its next slot read)
+ *   S + 6.5T     latest moment a monitoring host judges H failed when I/O is fast: it sees the
+ *                last change up to T/4 after it landed (one monitor interval), then needs one
+ *                more interval after the 6T; slow I/O adds the time H's renewal took to land
+ *                and the time the observer's two deciding reads took (each at most T)
  *
  * The T of margin between S + 5T and S + 6T absorbs event-loop delays and clock-rate
- * differences. Production (T = 2 s): renew every 1 s, fence at 8 s, failed at 12 s..12.5 s
+ * differences. Production (T = 2 s): renew every 1 s, fence at 8 s, failed at 12 s..13 s
  * after the last heartbeat (sanlock: renew 20 s, dead 140 s; VMFS: locks breakable after 16 s).
  */
 import { TandemError } from '../errors.js';
