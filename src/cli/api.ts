@@ -44,21 +44,69 @@ export class ApiConnection {
     return client;
   }
 
-  /** Runs one unary call under the connection's deadline. */
+  /**
+   * Runs one unary call under the connection's deadline (or `options.timeoutMs`, for calls that
+   * may wait on purpose, such as a lock acquire with --wait-ms).
+   */
   call<Response>(
     invoke: (
       metadata: grpc.Metadata,
       options: grpc.CallOptions,
       callback: Callback<Response>,
     ) => void,
+    options: { timeoutMs?: number } = {},
   ): Promise<Response> {
-    const deadline = new Date(Date.now() + this.timeoutMs);
+    const timeoutMs = options.timeoutMs ?? this.timeoutMs;
+    const deadline = new Date(Date.now() + timeoutMs);
     return new Promise((resolve, reject) => {
       invoke(new grpc.Metadata(), { deadline }, (error, response) => {
-        if (error !== null) reject(this.describe(error));
+        if (error !== null) reject(this.describe(error, timeoutMs));
         else if (response === undefined) reject(new CliError('empty response', 'INTERNAL'));
         else resolve(response);
       });
+    });
+  }
+
+  /**
+   * Runs one server-streaming call (no deadline: a watch runs until stopped) and hands every
+   * message to `onMessage`. Resolves when the server ends the stream or `signal` aborts (the
+   * call is cancelled then); rejects with the described error otherwise.
+   */
+  stream<Message>(
+    start: (
+      metadata: grpc.Metadata,
+      options: grpc.CallOptions,
+    ) => grpc.ClientReadableStream<Message>,
+    onMessage: (message: Message) => void,
+    signal?: AbortSignal,
+  ): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (signal?.aborted === true) {
+        resolve();
+        return;
+      }
+      const call = start(new grpc.Metadata(), {});
+      const onAbort = (): void => call.cancel();
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const settle = (error?: CliError): void => {
+        signal?.removeEventListener('abort', onAbort);
+        if (error === undefined) resolve();
+        else reject(error);
+      };
+      call.on('data', (message: Message) => {
+        try {
+          onMessage(message);
+        } catch (error) {
+          call.cancel();
+          const text = error instanceof Error ? error.message : String(error);
+          settle(new CliError(text, 'INTERNAL'));
+        }
+      });
+      call.on('error', (error: grpc.ServiceError) => {
+        if (signal?.aborted === true && error.code === grpc.status.CANCELLED) settle();
+        else settle(this.describe(error, this.timeoutMs));
+      });
+      call.on('end', () => settle());
     });
   }
 
@@ -67,7 +115,7 @@ export class ApiConnection {
     this.clients.length = 0;
   }
 
-  private describe(error: grpc.ServiceError): CliError {
+  private describe(error: grpc.ServiceError, timeoutMs: number): CliError {
     const statusName = grpc.status[error.code] ?? `STATUS_${error.code}`;
     const [tandemCode] = error.metadata?.get(errorCodeMetadataKey) ?? [];
     if (typeof tandemCode === 'string') return new CliError(error.details, tandemCode);
@@ -80,7 +128,7 @@ export class ApiConnection {
     }
     if (error.code === grpc.status.DEADLINE_EXCEEDED) {
       return new CliError(
-        `tandemd at ${this.serverAddress} did not answer within ${this.timeoutMs / 1000} s`,
+        `tandemd at ${this.serverAddress} did not answer within ${timeoutMs / 1000} s`,
         statusName,
       );
     }

@@ -13,6 +13,8 @@ export interface CliOutput {
 export interface CliContext {
   connection(): ApiConnection;
   readonly stdout: CliOutput;
+  /** Aborts on Ctrl-C (SIGINT) or SIGTERM: long-running commands (watch) stop cleanly. */
+  interrupted(): AbortSignal;
 }
 
 export type CommandGroup = (program: Command, context: CliContext) => void;

@@ -3,9 +3,13 @@
  * people, `--json` for scripts, and failures as `tandem: <message> (<CODE>)` with exit code 1.
  */
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { isTandemError } from '../errors.js';
 import { tandemVersion } from '../generated/version.js';
 import { ApiConnection, CliError } from './api.js';
 import { registerExportCommands } from './commands/export.js';
+import { registerHostCommands } from './commands/host.js';
+import { registerLockCommands } from './commands/lock.js';
+import { registerLockspaceCommands } from './commands/lockspace.js';
 import { registerNodeCommands } from './commands/node.js';
 import type { CliContext, CliOutput, CommandGroup } from './context.js';
 
@@ -14,8 +18,29 @@ export const defaultTimeoutSeconds = 10;
 /** A deadline is never unbounded: an hour is already far past any unary call. */
 const timeoutSecondsMax = 3600;
 
-/** Later groups (lockspace, host, lock, pv, vg, lv) are added here, one file each. */
-const commandGroups: readonly CommandGroup[] = [registerNodeCommands, registerExportCommands];
+/** Later groups (pv, vg, lv) are added here, one file each. */
+const commandGroups: readonly CommandGroup[] = [
+  registerNodeCommands,
+  registerExportCommands,
+  registerLockspaceCommands,
+  registerHostCommands,
+  registerLockCommands,
+];
+
+/** A signal that aborts on SIGINT or SIGTERM; `release` removes the signal handlers. */
+function interruptSignal(): { signal: AbortSignal; release: () => void } {
+  const controller = new AbortController();
+  const onSignal = (): void => controller.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  return {
+    signal: controller.signal,
+    release: () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    },
+  };
+}
 
 function parseTimeoutSeconds(text: string): number {
   const seconds = Number(text);
@@ -49,12 +74,17 @@ export function buildCliProgram(output: { stdout: CliOutput; stderr: CliOutput }
     .showHelpAfterError()
     .exitOverride();
   let connection: ApiConnection | undefined;
+  let interrupt: { signal: AbortSignal; release: () => void } | undefined;
   const context: CliContext = {
     stdout: output.stdout,
     connection: () => {
       const options = program.opts<{ server: string; timeout: number }>();
       connection ??= new ApiConnection(options.server, options.timeout * 1000);
       return connection;
+    },
+    interrupted: () => {
+      interrupt ??= interruptSignal();
+      return interrupt.signal;
     },
   };
   for (const register of commandGroups) register(program, context);
@@ -63,7 +93,13 @@ export function buildCliProgram(output: { stdout: CliOutput; stderr: CliOutput }
     command.copyInheritedSettings(program);
     for (const subcommand of command.commands) subcommand.copyInheritedSettings(command);
   }
-  return { program, close: () => connection?.close() };
+  return {
+    program,
+    close: () => {
+      connection?.close();
+      interrupt?.release();
+    },
+  };
 }
 
 /** Runs the CLI; resolves with the process exit code. */
@@ -83,7 +119,8 @@ export async function main(
       // Commander already printed usage or help; help and --version are not failures.
       return error.exitCode;
     }
-    if (error instanceof CliError) {
+    if (error instanceof CliError || isTandemError(error)) {
+      // CliError: a failed call; TandemError: a local operation (lockspace init, show).
       output.stderr.write(`tandem: ${error.message} (${error.code})\n`);
     } else {
       const message = error instanceof Error ? error.message : String(error);

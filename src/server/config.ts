@@ -10,6 +10,8 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { TandemError } from '../errors.js';
+import { addressBytesMax, hostNameBytesMax, maxHostsLimit } from '../heartbeat-store/index.js';
+import { parseNbdUri } from '../disk/nbd-device.js';
 import { type LogLevel, parseLogLevel } from '../log.js';
 
 export interface ListenAddress {
@@ -24,6 +26,12 @@ export interface DaemonConfig {
   readonly nbd: ListenAddress;
   readonly hostName: string;
   readonly logLevel: LogLevel;
+  /** The lockspace device to join: a path (absolute) or an nbd:// URI; undefined: none. */
+  readonly lockspace: string | undefined;
+  /** The host id to join with; undefined: the first free slot (or the one with our name). */
+  readonly hostId: number | undefined;
+  /** `host:port` of the gRPC API as peers reach it; undefined: the bound gRPC address. */
+  readonly advertise: string | undefined;
 }
 
 /** The settings as given by flags or a config file, all optional and not yet checked. */
@@ -33,12 +41,24 @@ export interface ConfigInput {
   nbd?: unknown;
   hostName?: unknown;
   logLevel?: unknown;
+  lockspace?: unknown;
+  hostId?: unknown;
+  advertise?: unknown;
 }
 
 export const defaultGrpcAddress: ListenAddress = { host: '127.0.0.1', port: 7600 };
 export const defaultNbdAddress: ListenAddress = { host: '127.0.0.1', port: 10809 };
 export const defaultDataDir = './data';
-const configKeys: ReadonlySet<string> = new Set(['dataDir', 'grpc', 'nbd', 'hostName', 'logLevel']);
+const configKeys: ReadonlySet<string> = new Set([
+  'dataDir',
+  'grpc',
+  'nbd',
+  'hostName',
+  'logLevel',
+  'lockspace',
+  'hostId',
+  'advertise',
+]);
 /** RFC 1123 host names are at most 253 characters; we also refuse control characters. */
 const hostNameLengthMax = 253;
 
@@ -80,6 +100,52 @@ function checkHostName(value: unknown): string {
   return hostName;
 }
 
+function checkHostId(value: unknown): number {
+  const hostId = typeof value === 'string' && /^\d+$/.test(value.trim()) ? Number(value) : value;
+  if (typeof hostId !== 'number' || !Number.isInteger(hostId) || hostId < 1) {
+    throw invalid(`hostId must be an integer in 1..${maxHostsLimit}, not '${String(value)}'`);
+  }
+  if (hostId > maxHostsLimit) {
+    throw invalid(`hostId ${hostId} is out of range 1..${maxHostsLimit}`);
+  }
+  return hostId;
+}
+
+/** A lockspace is a path (resolved against `baseDirectory`) or an nbd:// URI (kept as it is). */
+function checkLockspace(value: unknown, baseDirectory: string): string {
+  const text = checkString(value, 'lockspace');
+  if (/^nbd:/i.test(text)) {
+    try {
+      parseNbdUri(text);
+    } catch (error) {
+      throw invalid(`lockspace: ${error instanceof Error ? error.message : String(error)}`, error);
+    }
+    return text;
+  }
+  return path.resolve(baseDirectory, text);
+}
+
+/** The address peers use: a real host (not a wildcard) and a real port. */
+function checkAdvertise(value: unknown): string {
+  const text = checkString(value, 'advertise');
+  const address = parseListenAddress(text, 'advertise');
+  if (address.port === 0 || isWildcardHost(address.host)) {
+    throw invalid(`advertise: '${text}' must name a host and port that peers can reach`);
+  }
+  const formatted = formatListenAddress(address);
+  if (Buffer.byteLength(formatted, 'utf8') > addressBytesMax) {
+    throw invalid(
+      `advertise: '${text}' is longer than the ${addressBytesMax} bytes of a host slot`,
+    );
+  }
+  return formatted;
+}
+
+/** 0.0.0.0 or ::, which a server binds to but no client can connect to. */
+export function isWildcardHost(host: string): boolean {
+  return host === '0.0.0.0' || host === '::' || host === '0:0:0:0:0:0:0:0';
+}
+
 function checkLogLevel(value: unknown): LogLevel {
   try {
     return parseLogLevel(checkString(value, 'logLevel'));
@@ -101,6 +167,9 @@ export function resolveConfig(
   let nbd = defaultNbdAddress;
   let hostName = defaults.hostName ?? os.hostname();
   let logLevel: LogLevel = 'info';
+  let lockspace: string | undefined;
+  let hostId: number | undefined;
+  let advertise: string | undefined;
   for (const { input, baseDirectory } of layers) {
     if (input.dataDir !== undefined) {
       dataDir = path.resolve(baseDirectory, checkString(input.dataDir, 'dataDir'));
@@ -110,11 +179,23 @@ export function resolveConfig(
     if (input.nbd !== undefined) nbd = parseListenAddress(checkString(input.nbd, 'nbd'), 'nbd');
     if (input.hostName !== undefined) hostName = checkHostName(input.hostName);
     if (input.logLevel !== undefined) logLevel = checkLogLevel(input.logLevel);
+    if (input.lockspace !== undefined) lockspace = checkLockspace(input.lockspace, baseDirectory);
+    if (input.hostId !== undefined) hostId = checkHostId(input.hostId);
+    if (input.advertise !== undefined) advertise = checkAdvertise(input.advertise);
   }
   if (grpc.port !== 0 && grpc.port === nbd.port && grpc.host === nbd.host) {
     throw invalid(`grpc and nbd cannot both listen on ${formatListenAddress(grpc)}`);
   }
-  return { dataDir, grpc, nbd, hostName: checkHostName(hostName), logLevel };
+  checkHostName(hostName);
+  if (lockspace === undefined && (hostId !== undefined || advertise !== undefined)) {
+    throw invalid('hostId and advertise need a lockspace (--lockspace PATH)');
+  }
+  if (lockspace !== undefined && Buffer.byteLength(hostName, 'utf8') > hostNameBytesMax) {
+    throw invalid(
+      `hostName '${hostName}' is longer than the ${hostNameBytesMax} bytes a lockspace keeps`,
+    );
+  }
+  return { dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise };
 }
 
 /** Checks the shape of a parsed config file: an object with known keys only (typos are errors). */
@@ -164,7 +245,10 @@ export async function loadConfig(flags: DaemonFlags, cwd = process.cwd()): Promi
       baseDirectory: path.dirname(configPath),
     });
   }
-  const { dataDir, grpc, nbd, hostName, logLevel } = flags;
-  layers.push({ input: { dataDir, grpc, nbd, hostName, logLevel }, baseDirectory: cwd });
+  const { dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise } = flags;
+  layers.push({
+    input: { dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise },
+    baseDirectory: cwd,
+  });
   return resolveConfig(layers, { cwd });
 }

@@ -1,28 +1,43 @@
 /**
- * tandemd: reads its settings, starts the NBD server and the gRPC API, prints one ready line
- * on stdout, and stops cleanly on SIGTERM or SIGINT.
+ * tandemd: reads its settings, starts the NBD server and the gRPC API, joins its lockspace (with
+ * --lockspace), prints one ready line on stdout, and stops cleanly on SIGTERM or SIGINT.
  *
- * Start order: data dir, exports restored, NBD listening, gRPC listening, ready line. So when
- * a client sees the ready line (or the API), every restored export is already served.
- * Stop order is the reverse: the API first (no new changes), then every NBD connection, then
- * the devices, so no request is in flight on a device being closed.
+ * Start order: data dir, exports restored, NBD listening, gRPC listening, lockspace joined,
+ * ready line. So when a client sees the ready line, every restored export is already served and
+ * the host holds its host id. The lockspace is joined after gRPC listens because the address
+ * peers probe (published in the host slot) defaults to the bound gRPC address.
+ * Stop order: watch streams end, every held lease is released and the lockspace left, then the
+ * API (no new changes), every NBD connection, the devices, so no request is in flight on a
+ * device being closed.
  */
 import fs from 'node:fs/promises';
 import { Command, Option } from 'commander';
 import { openFileDevice } from '../disk/file-device.js';
 import { TandemError, isTandemError } from '../errors.js';
 import { tandemVersion } from '../generated/version.js';
+import { addressBytesMax } from '../heartbeat-store/index.js';
 import { type Logger, createLogger } from '../log.js';
 import { NbdServer } from '../nbd/server.js';
-import { type DaemonConfig, type DaemonFlags, formatListenAddress, loadConfig } from './config.js';
+import {
+  type DaemonConfig,
+  type DaemonFlags,
+  type ListenAddress,
+  formatListenAddress,
+  isWildcardHost,
+  loadConfig,
+} from './config.js';
 import { ExportManager } from './export-manager.js';
 import {
   TandemGrpcServer,
   type TandemServiceRegistration,
   tandemServiceDefinitions,
 } from './grpc-server.js';
+import { LockspaceMember, type MembershipInfo } from './lockspace-member.js';
 import { exportsHandlers } from './services/exports-service.js';
+import { hostsHandlers } from './services/hosts-service.js';
+import { locksHandlers } from './services/locks-service.js';
 import { nodeHandlers } from './services/node-service.js';
+import { OpenStreams } from './stream.js';
 
 /** How long running gRPC calls may take to finish once a stop was asked for. */
 export const grpcShutdownGraceMs = 5_000;
@@ -32,7 +47,44 @@ export const stopTimeoutMs = 15_000;
 export interface RunningDaemon {
   readonly grpcAddress: string;
   readonly nbdAddress: string;
+  /** This host in its lockspace; undefined without --lockspace. */
+  membership(): MembershipInfo | undefined;
   stop(): Promise<void>;
+}
+
+/** `tandemd ready grpc=… nbd=…`, plus ` host-id=N generation=G` once joined to a lockspace. */
+export function readyLine(daemon: RunningDaemon): string {
+  const base = `tandemd ready grpc=${daemon.grpcAddress} nbd=${daemon.nbdAddress}`;
+  const membership = daemon.membership();
+  if (membership === undefined) return base;
+  return `${base} host-id=${membership.hostId} generation=${membership.generation}`;
+}
+
+/**
+ * The address published to peers: --advertise, else the bound gRPC address. A wildcard bind
+ * (0.0.0.0) cannot be dialled: the host name stands in for it then.
+ */
+export function advertisedAddress(
+  config: DaemonConfig,
+  bound: ListenAddress,
+  logger: Logger,
+): string {
+  if (config.advertise !== undefined) return config.advertise;
+  let address = formatListenAddress(bound);
+  if (isWildcardHost(bound.host)) {
+    address = formatListenAddress({ host: config.hostName, port: bound.port });
+    logger.warn('gRPC listens on all interfaces: advertising the host name to peers', {
+      address,
+      hint: 'set --advertise HOST:PORT',
+    });
+  }
+  if (Buffer.byteLength(address, 'utf8') > addressBytesMax) {
+    throw new TandemError(
+      'CONFIG_INVALID',
+      `the gRPC address ${address} is longer than ${addressBytesMax} bytes; set --advertise HOST:PORT`,
+    );
+  }
+  return address;
 }
 
 export async function startDaemon(config: DaemonConfig, logger: Logger): Promise<RunningDaemon> {
@@ -55,6 +107,8 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     nbd: formatListenAddress(config.nbd),
   };
   const grpcLogger = logger.child({ component: 'grpc' });
+  const streams = new OpenStreams();
+  let member: LockspaceMember | undefined;
   const grpcServer = new TandemGrpcServer({
     logger: grpcLogger,
     services: tandemServices({
@@ -64,11 +118,15 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
       exportManager,
       addresses,
       logger: grpcLogger,
+      member: () => member,
+      streams,
     }),
   });
 
   let grpcStarted = false;
   const stop = async (): Promise<void> => {
+    streams.endAll();
+    await member?.stop();
     if (grpcStarted) await grpcServer.shutdown(grpcShutdownGraceMs);
     await nbdServer.close();
     await exportManager.closeDevices();
@@ -77,15 +135,30 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     const restored = await exportManager.restore();
     logger.info('exports restored', restored);
     addresses.nbd = formatListenAddress(await listenNbd(nbdServer, config));
-    addresses.grpc = formatListenAddress(await grpcServer.listen(config.grpc));
+    const boundGrpc = await grpcServer.listen(config.grpc);
+    addresses.grpc = formatListenAddress(boundGrpc);
     grpcStarted = true;
+    if (config.lockspace !== undefined) {
+      member = await LockspaceMember.start({
+        lockspace: config.lockspace,
+        hostName: config.hostName,
+        hostId: config.hostId,
+        address: advertisedAddress(config, boundGrpc, logger),
+        logger: logger.child({ component: 'lockspace' }),
+      });
+    }
   } catch (error) {
     await stop().catch((stopError: unknown) => {
       logger.warn('cleanup after a failed start failed', { error: stopError });
     });
     throw error;
   }
-  return { grpcAddress: addresses.grpc, nbdAddress: addresses.nbd, stop };
+  return {
+    grpcAddress: addresses.grpc,
+    nbdAddress: addresses.nbd,
+    membership: () => member?.info(),
+    stop,
+  };
 }
 
 /** The tandem services of this daemon; a new service file adds its registration here. */
@@ -96,9 +169,17 @@ function tandemServices(parts: {
   exportManager: ExportManager;
   addresses: { grpc: string; nbd: string };
   logger: Logger;
+  member: () => LockspaceMember | undefined;
+  streams: OpenStreams;
 }): TandemServiceRegistration[] {
   const { config, startTime, nbdServer, exportManager, addresses, logger } = parts;
   const definitions = tandemServiceDefinitions();
+  const leaseDependencies = {
+    logger,
+    member: parts.member,
+    streams: parts.streams,
+    lockspace: config.lockspace,
+  };
   return [
     {
       name: 'tandem.v1.Node',
@@ -117,6 +198,7 @@ function tandemServices(parts: {
           const connectionCount = exports.reduce((sum, item) => sum + item.connectionCount, 0);
           return { exportCount: exports.length, connectionCount };
         },
+        membership: () => parts.member()?.info(),
       }),
     },
     {
@@ -127,6 +209,16 @@ function tandemServices(parts: {
         exportManager,
         nbdBaseUri: () => `nbd://${addresses.nbd}/`,
       }),
+    },
+    {
+      name: 'tandem.v1.Hosts',
+      definition: definitions.hosts,
+      handlers: hostsHandlers(leaseDependencies),
+    },
+    {
+      name: 'tandem.v1.Locks',
+      definition: definitions.locks,
+      handlers: locksHandlers(leaseDependencies),
     },
   ];
 }
@@ -156,6 +248,15 @@ export function buildDaemonProgram(): Command {
     .option('--grpc <host:port>', 'gRPC API listen address; port 0 = any (default: 127.0.0.1:7600)')
     .option('--nbd <host:port>', 'NBD listen address; port 0 = any (default: 127.0.0.1:10809)')
     .option('--host-name <name>', 'this host in the cluster (default: the system host name)')
+    .option(
+      '--lockspace <path>',
+      'join the lockspace on this file, block device or nbd://host:port/export',
+    )
+    .option('--host-id <n>', 'host id to join the lockspace with (default: a free one)')
+    .option(
+      '--advertise <host:port>',
+      'gRPC address peers reach this host at (default: the bound gRPC address)',
+    )
     .addOption(
       new Option('--log-level <level>', 'log level (default: info)').choices([
         'debug',
@@ -178,6 +279,9 @@ function toFlags(options: Record<string, unknown>): DaemonFlags {
     nbd: options['nbd'],
     hostName: options['hostName'],
     logLevel: options['logLevel'],
+    lockspace: options['lockspace'],
+    hostId: options['hostId'],
+    advertise: options['advertise'],
   };
 }
 
@@ -202,9 +306,16 @@ export async function main(argv: readonly string[] = process.argv): Promise<void
     process.stderr.write(`tandemd: ${describeError(error)}\n`);
     process.exit(1);
   }
-  const readyLine = `tandemd ready grpc=${daemon.grpcAddress} nbd=${daemon.nbdAddress}`;
-  logger.info(readyLine, { grpcAddress: daemon.grpcAddress, nbdAddress: daemon.nbdAddress });
-  process.stdout.write(`${readyLine}\n`);
+  const line = readyLine(daemon);
+  const membership = daemon.membership();
+  logger.info(line, {
+    grpcAddress: daemon.grpcAddress,
+    nbdAddress: daemon.nbdAddress,
+    ...(membership === undefined
+      ? {}
+      : { hostId: membership.hostId, generation: membership.generation }),
+  });
+  process.stdout.write(`${line}\n`);
   installStopHandlers(daemon, logger);
 }
 

@@ -117,7 +117,14 @@ export class TandemGrpcServer {
 export function tandemServiceDefinitions(): {
   node: grpc.ServiceDefinition;
   exports: grpc.ServiceDefinition;
+  hosts: grpc.ServiceDefinition;
+  locks: grpc.ServiceDefinition;
 } {
   const proto = loadTandemProto();
-  return { node: proto.tandem.v1.Node.service, exports: proto.tandem.v1.Exports.service };
+  return {
+    node: proto.tandem.v1.Node.service,
+    exports: proto.tandem.v1.Exports.service,
+    hosts: proto.tandem.v1.Hosts.service,
+    locks: proto.tandem.v1.Locks.service,
+  };
 }

@@ -61,6 +61,9 @@ describe('resolveConfig', () => {
       nbd: { host: '127.0.0.1', port: 10809 },
       hostName: 'h1',
       logLevel: 'info',
+      lockspace: undefined,
+      hostId: undefined,
+      advertise: undefined,
     });
   });
 
@@ -106,6 +109,56 @@ describe('resolveConfig', () => {
   });
 });
 
+describe('lockspace settings', () => {
+  const layer = (input: Record<string, unknown>, baseDirectory = '/etc/tandem') => [
+    { input, baseDirectory },
+  ];
+
+  test('a lockspace path resolves against its layer; nbd:// URIs stay as they are', () => {
+    const fromFile = resolveConfig(layer({ lockspace: 'leases.img', hostId: 3 }), {
+      hostName: 'h1',
+    });
+    assert.equal(fromFile.lockspace, '/etc/tandem/leases.img');
+    assert.equal(fromFile.hostId, 3);
+    const fromUri = resolveConfig(
+      layer({ lockspace: 'nbd://10.0.0.5:10809/leases', hostId: '7', advertise: 'node-1:7600' }),
+      { hostName: 'h1' },
+    );
+    assert.equal(fromUri.lockspace, 'nbd://10.0.0.5:10809/leases');
+    assert.equal(fromUri.hostId, 7, 'a flag gives the host id as text');
+    assert.equal(fromUri.advertise, 'node-1:7600');
+  });
+
+  test('refuses bad host ids, advertise addresses and settings without a lockspace', () => {
+    const withLockspace = (input: Record<string, unknown>) =>
+      resolveConfig(layer({ lockspace: '/l.img', ...input }), { hostName: 'h1' });
+    assertConfigInvalid(
+      () => withLockspace({ hostId: 0 }),
+      /^hostId must be an integer in 1\.\.2000/,
+    );
+    assertConfigInvalid(() => withLockspace({ hostId: 'two' }), /^hostId must be an integer/);
+    assertConfigInvalid(() => withLockspace({ hostId: 2001 }), /^hostId 2001 is out of range/);
+    assertConfigInvalid(
+      () => withLockspace({ advertise: 'node-1' }),
+      /^advertise: 'node-1' is not HOST:PORT/,
+    );
+    assertConfigInvalid(
+      () => withLockspace({ advertise: '0.0.0.0:7600' }),
+      /must name a host and port that peers can reach/,
+    );
+    assertConfigInvalid(() => withLockspace({ advertise: 'node-1:0' }), /peers can reach/);
+    assertConfigInvalid(() => withLockspace({ lockspace: 'nbd://' }), /^lockspace: /);
+    assertConfigInvalid(
+      () => resolveConfig(layer({ hostId: 1 }), { hostName: 'h1' }),
+      /need a lockspace \(--lockspace PATH\)/,
+    );
+    assertConfigInvalid(
+      () => resolveConfig(layer({ lockspace: '/l.img', hostName: 'h'.repeat(65) })),
+      /longer than the 64 bytes a lockspace keeps/,
+    );
+  });
+});
+
 describe('config files', () => {
   test('refuses invalid JSON, non-objects and unknown keys', () => {
     assertConfigInvalid(
@@ -115,7 +168,7 @@ describe('config files', () => {
     assertConfigInvalid(() => parseConfigText('[]', '/c.json'), /must hold a JSON object/);
     assertConfigInvalid(
       () => parseConfigText('{"dataDir":"x","grcp":"y"}', '/c.json'),
-      /unknown setting\(s\) grcp \(known: dataDir, grpc, nbd, hostName, logLevel\)/,
+      /unknown setting\(s\) grcp \(known: dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise\)/,
     );
   });
 

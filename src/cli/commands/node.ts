@@ -24,7 +24,35 @@ export function nodeInfoJson(info: GetInfoResponse__Output): Record<string, unkn
     nbdAddress: info.nbdAddress,
     exportCount: info.exportCount,
     connectionCount: info.connectionCount,
+    lockspace:
+      info.lockspaceState === 'LOCKSPACE_STATE_NONE'
+        ? null
+        : {
+            path: info.lockspacePath,
+            uuid: info.lockspaceUuid,
+            state: lockspaceStateWord(info.lockspaceState),
+            hostId: info.hostId,
+            generation: jsonUint64(info.generation),
+          },
   };
+}
+
+/** "LOCKSPACE_STATE_RENEWAL_FAILING" -> "renewal-failing". */
+function lockspaceStateWord(state: string): string {
+  return state
+    .replace(/^LOCKSPACE_STATE_/, '')
+    .toLowerCase()
+    .replaceAll('_', '-');
+}
+
+function lockspaceFields(info: GetInfoResponse__Output): Array<[string, string]> {
+  if (info.lockspaceState === 'LOCKSPACE_STATE_NONE') return [['Lockspace', 'none']];
+  return [
+    ['Lockspace', `${info.lockspacePath} (${info.lockspaceUuid})`],
+    ['Lockspace state', lockspaceStateWord(info.lockspaceState)],
+    ['Host id', info.hostId === 0 ? '-' : String(info.hostId)],
+    ['Generation', info.generation === '0' ? '-' : info.generation],
+  ];
 }
 
 export function nodeInfoText(info: GetInfoResponse__Output): string {
@@ -39,6 +67,7 @@ export function nodeInfoText(info: GetInfoResponse__Output): string {
     ['NBD address', info.nbdAddress],
     ['Exports', String(info.exportCount)],
     ['NBD connections', String(info.connectionCount)],
+    ...lockspaceFields(info),
   ]);
 }
 

@@ -1,7 +1,9 @@
 /** tandem.v1.Node: facts about this daemon. Nothing here is invented: unknown facts are absent. */
 import type { NodeHandlers } from '../../generated/tandem/v1/Node.js';
 import type { GetInfoResponse } from '../../generated/tandem/v1/GetInfoResponse.js';
+import type { LockspaceState } from '../../generated/tandem/v1/LockspaceState.js';
 import type { Logger } from '../../log.js';
+import type { MembershipInfo, MembershipState } from '../lockspace-member.js';
 import { unaryHandler } from '../unary.js';
 
 export interface NodeFacts {
@@ -16,8 +18,46 @@ export interface NodeServiceDependencies {
   readonly logger: Logger;
   readonly facts: () => NodeFacts;
   readonly exportCounts: () => { exportCount: number; connectionCount: number };
+  /** This host in its lockspace; undefined without --lockspace. */
+  readonly membership?: () => MembershipInfo | undefined;
   /** Injected so tests can fix the uptime. */
   readonly nowMs?: () => number;
+}
+
+const lockspaceStates: Readonly<Record<MembershipState, LockspaceState>> = {
+  idle: 'LOCKSPACE_STATE_IDLE',
+  joining: 'LOCKSPACE_STATE_JOINING',
+  joined: 'LOCKSPACE_STATE_JOINED',
+  'renewal-failing': 'LOCKSPACE_STATE_RENEWAL_FAILING',
+  fenced: 'LOCKSPACE_STATE_FENCED',
+  left: 'LOCKSPACE_STATE_LEFT',
+  // A stopping daemon releases everything and leaves.
+  stopping: 'LOCKSPACE_STATE_LEFT',
+  stopped: 'LOCKSPACE_STATE_LEFT',
+};
+
+function lockspaceFields(
+  membership: MembershipInfo | undefined,
+): Pick<
+  GetInfoResponse,
+  'hostId' | 'generation' | 'lockspacePath' | 'lockspaceUuid' | 'lockspaceState'
+> {
+  if (membership === undefined) {
+    return {
+      hostId: 0,
+      generation: '0',
+      lockspacePath: '',
+      lockspaceUuid: '',
+      lockspaceState: 'LOCKSPACE_STATE_NONE',
+    };
+  }
+  return {
+    hostId: membership.hostId,
+    generation: String(membership.generation),
+    lockspacePath: membership.lockspace,
+    lockspaceUuid: membership.uuid,
+    lockspaceState: lockspaceStates[membership.state],
+  };
 }
 
 export function nodeInfo(dependencies: NodeServiceDependencies): GetInfoResponse {
@@ -39,6 +79,7 @@ export function nodeInfo(dependencies: NodeServiceDependencies): GetInfoResponse
     nbdAddress: facts.nbdAddress,
     exportCount: counts.exportCount,
     connectionCount: counts.connectionCount,
+    ...lockspaceFields(dependencies.membership?.()),
   };
 }
 

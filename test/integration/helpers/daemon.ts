@@ -128,7 +128,7 @@ function waitForReady(
       reject(new Error(`tandemd ${reason}; stderr tail:\n${stderr().slice(-stderrTailBytes)}`));
     };
     const onData = (): void => {
-      const match = /^tandemd ready grpc=(\S+) nbd=(\S+)$/m.exec(stdout());
+      const match = /^tandemd ready grpc=(\S+) nbd=(\S+)(?: \S+)*$/m.exec(stdout());
       if (match === null) return;
       cleanup();
       resolve({ grpc: match[1] ?? '', nbd: match[2] ?? '' });
