@@ -220,12 +220,29 @@ async function benchLibrary(directory: string, settings: Settings): Promise<Row[
   ];
 }
 
+/** One Locks client per connection: a new client per call would open a new channel each time. */
+const locksClients = new WeakMap<
+  ApiConnection,
+  InstanceType<ApiConnection['services']['tandem']['v1']['Locks']>
+>();
+
+function locksClient(
+  connection: ApiConnection,
+): InstanceType<ApiConnection['services']['tandem']['v1']['Locks']> {
+  let client = locksClients.get(connection);
+  if (client === undefined) {
+    client = connection.client(connection.services.tandem.v1.Locks);
+    locksClients.set(connection, client);
+  }
+  return client;
+}
+
 function lockCall(
   connection: ApiConnection,
   method: 'Acquire' | 'Release' | 'RequestRelease',
   name: string,
 ): Promise<unknown> {
-  const client = connection.client(connection.services.tandem.v1.Locks);
+  const client = locksClient(connection);
   return connection.call((metadata, options, callback) => {
     if (method === 'Acquire')
       client.Acquire({ name, mode: 'LOCK_MODE_EX' }, metadata, options, callback);
@@ -234,8 +251,17 @@ function lockCall(
   });
 }
 
+const hostsClients = new WeakMap<
+  ApiConnection,
+  InstanceType<ApiConnection['services']['tandem']['v1']['Hosts']>
+>();
+
 async function hostStates(connection: ApiConnection): Promise<Map<string, string>> {
-  const client = connection.client(connection.services.tandem.v1.Hosts);
+  let client = hostsClients.get(connection);
+  if (client === undefined) {
+    client = connection.client(connection.services.tandem.v1.Hosts);
+    hostsClients.set(connection, client);
+  }
   const response = await connection.call<{ hosts: { hostName: string; state: string }[] }>(
     (metadata, options, callback) => client.ListHosts({}, metadata, options, callback as never),
   );
