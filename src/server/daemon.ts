@@ -39,6 +39,8 @@ import { locksHandlers } from './services/locks-service.js';
 import { nodeHandlers } from './services/node-service.js';
 import { OpenStreams } from './stream.js';
 
+/** The exit code when fenced with writes still stuck in the kernel (EX_SOFTWARE). */
+export const stuckWritesExitCode = 70;
 /** How long running gRPC calls may take to finish once a stop was asked for. */
 export const grpcShutdownGraceMs = 5_000;
 /** If a clean stop takes longer than this, something hangs: exit non-zero rather than wait. */
@@ -145,6 +147,12 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
         hostId: config.hostId,
         address: advertisedAddress(config, boundGrpc, logger),
         logger: logger.child({ component: 'lockspace' }),
+        onWritesStuck: (stuckWrites) => {
+          logger.error('writes of this host are stuck past the fence drain time: exiting', {
+            stuckWrites,
+          });
+          process.exit(stuckWritesExitCode);
+        },
       });
     }
   } catch (error) {

@@ -44,6 +44,12 @@ export interface LockspaceMemberOptions {
   readonly logger: Logger;
   readonly clock?: Clock;
   readonly random?: Random;
+  /**
+   * Called when a fence left writes through the write gate still in flight after the drain time.
+   * Nothing in user space cancels a write stuck in the kernel, so the daemon exits here: the role
+   * sanlock gives the watchdog (docs/leases.md, "Self-fencing and the write gate").
+   */
+  readonly onWritesStuck?: (stuckWrites: number) => void;
 }
 
 export type MembershipState = LocalState | 'stopping' | 'stopped';
@@ -262,6 +268,10 @@ export class LockspaceMember {
       return;
     }
     logger.error('FENCED: this host lost its lockspace lease; every lock is lost', fields);
+    // The lock manager closed its gate on the same event; this is the same drain, awaited here.
+    void this.manager.gate.close(event.reason ?? 'fenced').then((result) => {
+      if (!result.drained) this.options.onWritesStuck?.(result.stuckWrites);
+    });
     if (this.fencedOnRequest !== undefined || this.state === 'stopping' || this.state === 'stopped')
       return;
     this.instance = undefined;

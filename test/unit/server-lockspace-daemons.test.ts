@@ -24,6 +24,9 @@ import { type LogLevel, createLogger } from '../../src/log.js';
 import type { DaemonConfig } from '../../src/server/config.js';
 import { type RunningDaemon, readyLine, startDaemon } from '../../src/server/daemon.js';
 import { LockspaceMember } from '../../src/server/lockspace-member.js';
+import type { BlockDevice } from '../../src/disk/block-device.js';
+import { MemoryDevice } from '../../src/disk/memory-device.js';
+import { gateDevice } from '../../src/locking/index.js';
 import { errorCodeMetadataKey } from '../../src/server/status.js';
 
 const callTimeoutMs = 5_000;
@@ -390,6 +393,34 @@ describe('a member fenced by its heartbeat store', () => {
       // The old generation's lock is dead to everyone: the new instance may take it.
       const again = await member.locks().acquire('vm-d', { mode: 'ex', waitMs: 3_000 });
       assert.equal(again.owner?.generation, second.generation);
+    } finally {
+      await member.stop();
+    }
+  });
+  test('a fence that leaves a gated write stuck calls the exit hook (the watchdog role)', async () => {
+    const ownLockspace = path.join(directory, 'stuck.img');
+    await initLockspace(ownLockspace, { profile: 'fast', maxHosts: 2, maxResources: 2 });
+    const stuckCounts: number[] = [];
+    const member = await LockspaceMember.start({
+      lockspace: ownLockspace,
+      hostName: 'node-s',
+      address: '',
+      logger: logger(),
+      onWritesStuck: (count) => stuckCounts.push(count),
+    });
+    try {
+      // A data device whose writes never complete, written through the lockspace's gate.
+      const data = new MemoryDevice({ sizeBytes: 1024 * 1024 });
+      const hanging: BlockDevice = Object.assign(Object.create(data) as BlockDevice, {
+        write: () => new Promise<void>(() => undefined),
+      });
+      const gated = gateDevice(hanging, member.locks().gate);
+      void gated.write(Buffer.alloc(512), 0).catch(() => undefined);
+      member.store.fence('a test stalls the data disk');
+      const drainMs = member.store.timings.fenceDrainMs;
+      await sleep(drainMs + 500);
+      assert.deepEqual(stuckCounts, [1], 'one write stuck past the drain time');
+      await assert.rejects(gated.write(Buffer.alloc(512), 0), /FENCED|fenced/);
     } finally {
       await member.stop();
     }
