@@ -51,7 +51,8 @@ const maximumCachedReadBytes = 64 * 1024;
 const maximumBatchBytes = 128 * 1024;
 
 export class BatchedIo {
-  private buffers: Buffer[] = [];
+  private buffers: Array<Buffer | readonly Buffer[]> = [];
+  private lengths: number[] = [];
   private offsets: number[] = [];
   private writes: number[] = [];
   private callbacks: BatchDone[] = [];
@@ -87,15 +88,32 @@ export class BatchedIo {
       }
       if (result === -errnoOperationNotSupported) this.tryCacheFirst = false;
     }
-    this.enqueue(buffer, offsetBytes, 0, done);
+    this.enqueue(buffer, buffer.length, offsetBytes, 0, done);
   }
 
   write(buffer: Buffer, offsetBytes: number, done: BatchDone): void {
-    this.enqueue(buffer, offsetBytes, 1, done);
+    this.enqueue(buffer, buffer.length, offsetBytes, 1, done);
   }
 
-  private enqueue(buffer: Buffer, offsetBytes: number, write: number, done: BatchDone): void {
+  /**
+   * Writes `pieces` back to back from `offsetBytes` with one pwritev: the pieces stay where they
+   * are (no joining copy). They must not change until `done` runs.
+   */
+  writeGathered(pieces: readonly Buffer[], offsetBytes: number, done: BatchDone): void {
+    let lengthBytes = 0;
+    for (const piece of pieces) lengthBytes += piece.length;
+    this.enqueue(pieces, lengthBytes, offsetBytes, 1, done);
+  }
+
+  private enqueue(
+    buffer: Buffer | readonly Buffer[],
+    lengthBytes: number,
+    offsetBytes: number,
+    write: number,
+    done: BatchDone,
+  ): void {
     this.buffers.push(buffer);
+    this.lengths.push(lengthBytes);
     this.offsets.push(offsetBytes);
     this.writes.push(write);
     this.callbacks.push(done);
@@ -111,7 +129,7 @@ export class BatchedIo {
     let start = 0;
     let batchBytes = 0;
     for (let index = 0; index < total; index++) {
-      const lengthBytes = this.buffers[index]?.length ?? 0;
+      const lengthBytes = this.lengths[index] ?? 0;
       // Close the batch before it would pass either bound; large requests then run side by
       // side on several pool threads instead of one after another on one.
       if (
@@ -127,6 +145,7 @@ export class BatchedIo {
     }
     if (total > start) this.submitRange(start, total);
     this.buffers = [];
+    this.lengths = [];
     this.offsets = [];
     this.writes = [];
     this.callbacks = [];

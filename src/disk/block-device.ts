@@ -73,6 +73,16 @@ export interface BlockDevice {
   read(buffer: Buffer, offsetBytes: number): Promise<void>;
   /** Writes all of `buffer` at `offsetBytes`. */
   write(buffer: Buffer, offsetBytes: number, options?: WriteOptions): Promise<void>;
+  /**
+   * Optional: writes `pieces` back to back from `offsetBytes`, exactly like one write() of their
+   * concatenation, without joining them first (the NBD server passes a payload as the socket
+   * chunks it arrived in). Callers without it join the pieces and call write().
+   */
+  writeGathered?(
+    pieces: readonly Buffer[],
+    offsetBytes: number,
+    options?: WriteOptions,
+  ): Promise<void>;
   /** Makes every write completed before the call durable. */
   flush(): Promise<void>;
   /** Hints that a range is unused; reads of it may then return anything (NBD TRIM). */

@@ -45,6 +45,58 @@ export function writeFrom(fd: number, buffer: Buffer, positionBytes: number, don
   fs.write(fd, buffer, 0, totalBytes, positionBytes, onWrite);
 }
 
+/**
+ * Writes `pieces` back to back from `positionBytes` with fs.writev, then calls `done` once; after
+ * a short write it goes on from the first byte not written.
+ */
+export function writeGatheredFrom(
+  fd: number,
+  pieces: readonly Buffer[],
+  positionBytes: number,
+  done: TransferDone,
+) {
+  let remaining = pieces.filter((piece) => piece.length > 0);
+  let doneBytes = 0;
+  const onWrite = (error: NodeJS.ErrnoException | null, bytesWritten: number): void => {
+    if (error !== null) return done(error);
+    if (bytesWritten === 0) {
+      return done(Object.assign(new Error('write made no progress'), { code: 'EIO' }));
+    }
+    doneBytes += bytesWritten;
+    remaining = dropLeadingBytes(remaining, bytesWritten);
+    if (remaining.length === 0) return done(null);
+    fs.writev(fd, remaining, positionBytes + doneBytes, onWrite);
+  };
+  if (remaining.length === 0) return done(null);
+  fs.writev(fd, remaining, positionBytes, onWrite);
+}
+
+/** The pieces without their first `count` bytes (views, no copy). */
+function dropLeadingBytes(pieces: readonly Buffer[], count: number): Buffer[] {
+  let left = count;
+  let index = 0;
+  while (index < pieces.length && left >= (pieces[index]?.length ?? 0)) {
+    left -= pieces[index]?.length ?? 0;
+    index++;
+  }
+  const rest = pieces.slice(index);
+  const first = rest[0];
+  if (first !== undefined && left > 0) rest[0] = first.subarray(left);
+  return rest;
+}
+
+export function writeGatheredFully(
+  fd: number,
+  pieces: readonly Buffer[],
+  positionBytes: number,
+): Promise<void> {
+  return new Promise((resolve, reject) =>
+    writeGatheredFrom(fd, pieces, positionBytes, (error) =>
+      error === null ? resolve() : reject(error),
+    ),
+  );
+}
+
 export function readFully(fd: number, buffer: Buffer, positionBytes: number): Promise<void> {
   return new Promise((resolve, reject) =>
     readInto(fd, buffer, positionBytes, (error) => (error === null ? resolve() : reject(error))),

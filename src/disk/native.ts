@@ -62,15 +62,22 @@ export interface DiskNative {
    * errno (-EAGAIN: not cached). Undefined in the fallback.
    */
   readonly preadNoWait: ((fd: number, buffer: Buffer, offsetBytes: number) => number) | undefined;
+  /**
+   * Lets the C heap keep up to `sizeBytes` of freed memory instead of returning it to the kernel
+   * at once (glibc's M_TRIM_THRESHOLD), so that short-lived socket buffers reuse pages rather
+   * than fault in fresh zeroed ones. Process-wide; false when not applied (fallback).
+   */
+  retainFreedHeap(sizeBytes: number): boolean;
 }
 
 /**
  * results[i] is 0 for success, a positive errno, or -1 when a read met the end of the file.
- * `writes[i]` is 1 for a write and 0 for a read.
+ * `writes[i]` is 1 for a write and 0 for a read. A write's element may be an array of Buffers,
+ * written back to back with one pwritev (a gather write).
  */
 export type SubmitBatch = (
   fd: number,
-  buffers: Buffer[],
+  buffers: Array<Buffer | readonly Buffer[]>,
   offsets: Float64Array,
   writes: Uint8Array,
   done: (results: Int32Array) => void,
@@ -89,6 +96,7 @@ interface NativeAddon {
   addressModulo(buffer: Buffer, alignment: number): number;
   submitBatch: SubmitBatch;
   preadNoWait(fd: number, buffer: Buffer, offset: number): number;
+  retainFreedHeap(sizeBytes: number): boolean;
   BATCH_MAXIMUM_OPERATIONS: number;
   FALLOC_FL_KEEP_SIZE: number;
   FALLOC_FL_PUNCH_HOLE: number;
@@ -166,6 +174,7 @@ export const fallbackDiskNative: DiskNative = {
   submitBatch: undefined,
   batchMaximumOperations: 0,
   preadNoWait: undefined,
+  retainFreedHeap: () => false,
 };
 
 function wrapAddon(addon: NativeAddon): DiskNative {
@@ -200,6 +209,7 @@ function wrapAddon(addon: NativeAddon): DiskNative {
     submitBatch: addon.submitBatch,
     batchMaximumOperations: addon.BATCH_MAXIMUM_OPERATIONS,
     preadNoWait: addon.preadNoWait,
+    retainFreedHeap: (sizeBytes) => addon.retainFreedHeap(sizeBytes),
   };
 }
 
@@ -211,6 +221,7 @@ function isNativeAddon(value: unknown): value is NativeAddon {
     typeof record['addressModulo'] === 'function' &&
     typeof record['submitBatch'] === 'function' &&
     typeof record['preadNoWait'] === 'function' &&
+    typeof record['retainFreedHeap'] === 'function' &&
     typeof record['FALLOC_FL_PUNCH_HOLE'] === 'number'
   );
 }

@@ -2,9 +2,9 @@
  * A FIFO of received socket chunks, read without copying where possible.
  *
  * The NBD hot path parses a 28-byte request header and then, for writes, a payload. Socket
- * chunks are fresh allocations that Node never reuses, so a payload that lies inside one chunk
- * can be handed to the device as a view of that chunk (no copy); only data that spans chunks is
- * copied, once.
+ * chunks are fresh allocations that Node never reuses, so a payload can be handed to the device
+ * as views of the chunks it arrived in (takePieces, no copy); take() copies only data that spans
+ * chunks, once.
  */
 import { assert } from '../errors.js';
 
@@ -82,6 +82,25 @@ export class ByteQueue {
     const out = Buffer.allocUnsafe(count);
     this.copyInto(out, 0, count);
     return out;
+  }
+
+  /**
+   * Removes the first `count` bytes and returns them as views of the chunks they lie in, in
+   * order (no copy): a write payload goes to the device as these pieces.
+   */
+  takePieces(count: number): Buffer[] {
+    assert(count <= this.queuedBytes, 'takePieces() past the queued bytes');
+    const pieces: Buffer[] = [];
+    let remaining = count;
+    while (remaining > 0) {
+      const first = this.chunks[0];
+      assert(first !== undefined, 'queue has bytes but no chunk');
+      const step = Math.min(first.length - this.headOffset, remaining);
+      pieces.push(first.subarray(this.headOffset, this.headOffset + step));
+      this.consume(step);
+      remaining -= step;
+    }
+    return pieces;
   }
 
   /** Moves up to `count` bytes into `target` at `targetOffset`; returns how many it moved. */

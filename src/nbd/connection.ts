@@ -19,6 +19,7 @@ import { ByteQueue } from './byte-queue.js';
 import type { NbdLimits } from './limits.js';
 import type { NbdExport } from './nbd-export.js';
 import { Negotiation, type ExportLookup } from './negotiation.js';
+import type { ReplyBufferPool } from './reply-buffers.js';
 import { RequestExecutor, isWriteCommand, type NbdRequest } from './request-executor.js';
 import * as wire from './wire.js';
 
@@ -80,6 +81,7 @@ export class NbdConnection {
     private readonly limits: NbdLimits,
     private readonly hooks: ConnectionHooks,
     private readonly logger: Logger,
+    private readonly replyBuffers: ReplyBufferPool,
   ) {
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -281,6 +283,7 @@ export class NbdConnection {
       negotiation.baseAllocationActiveFor(target.name),
       target.blockSizes.maximumBytes,
       this.limits.maximumBlockStatusExtents,
+      this.replyBuffers,
     );
     this.transition('request-header');
     this.hooks.attached(this, target);
@@ -353,11 +356,13 @@ export class NbdConnection {
       return true;
     }
     if (this.queue.length >= request.lengthBytes) {
-      request.payload = this.queue.take(request.lengthBytes);
+      request.payload = this.queue.takePieces(request.lengthBytes);
       this.dispatch(request);
       return true;
     }
-    request.payload = Buffer.allocUnsafe(request.lengthBytes);
+    // The payload stays in the socket chunks it arrives in: the device writes those pieces
+    // with one gather write instead of this process copying them into one buffer first.
+    request.payload = [];
     this.payloadFilledBytes = 0;
     this.pendingRequest = request;
     this.transition('request-payload');
@@ -367,11 +372,9 @@ export class NbdConnection {
   private readRequestPayload(): boolean {
     const request = this.pendingRequest;
     assert(request !== undefined && request.payload !== undefined, 'payload without request');
-    this.payloadFilledBytes += this.queue.copyInto(
-      request.payload,
-      this.payloadFilledBytes,
-      request.lengthBytes - this.payloadFilledBytes,
-    );
+    const stepBytes = Math.min(this.queue.length, request.lengthBytes - this.payloadFilledBytes);
+    for (const piece of this.queue.takePieces(stepBytes)) request.payload.push(piece);
+    this.payloadFilledBytes += stepBytes;
     if (this.payloadFilledBytes < request.lengthBytes) return false;
     this.pendingRequest = undefined;
     this.transition(this.endRequested ? 'draining' : 'request-header');
@@ -408,7 +411,8 @@ export class NbdConnection {
       request.writeSequence = this.writeSequence;
       this.writesInFlight.add(request.writeSequence);
     }
-    const reply = (bytes: Buffer): void => this.complete(request, payloadBytes, bytes);
+    const reply = (bytes: Buffer, afterSent?: () => void): void =>
+      this.complete(request, payloadBytes, bytes, afterSent);
     if (request.type === wire.CMD_FLUSH) {
       // A flush covers every write this connection started before it (stronger than the spec,
       // which only asks for writes already answered): wait for them, then flush the device.
@@ -419,14 +423,19 @@ export class NbdConnection {
     this.updateReading();
   }
 
-  private complete(request: NbdRequest, payloadBytes: number, bytes: Buffer): void {
+  private complete(
+    request: NbdRequest,
+    payloadBytes: number,
+    bytes: Buffer,
+    afterSent: (() => void) | undefined,
+  ): void {
     this.requestsInFlight -= 1;
     this.bytesInFlight -= payloadBytes;
     if (request.writeSequence !== 0) {
       this.writesInFlight.delete(request.writeSequence);
       this.releaseFlushWaiters();
     }
-    this.send(bytes);
+    this.send(bytes, afterSent);
     this.updateReading();
     this.maybeEnd();
   }
@@ -448,7 +457,11 @@ export class NbdConnection {
     for (const waiter of ready) waiter.run();
   }
 
-  private send(bytes: Buffer): void {
+  /**
+   * Queues bytes on the socket. `afterSent` runs once the socket has taken every byte (not if
+   * the write failed or the socket was destroyed), so the buffer may then be reused.
+   */
+  private send(bytes: Buffer, afterSent?: () => void): void {
     if (this.state === 'closed' || this.socket.destroyed) return;
     if (!this.corked) {
       this.corked = true;
@@ -458,7 +471,13 @@ export class NbdConnection {
         this.socket.uncork();
       });
     }
-    if (!this.socket.write(bytes)) this.sendBlocked = true;
+    const written =
+      afterSent === undefined
+        ? this.socket.write(bytes)
+        : this.socket.write(bytes, (error) => {
+            if (error === undefined || error === null) afterSent();
+          });
+    if (!written) this.sendBlocked = true;
   }
 
   /** Pauses or resumes reading from the socket according to the flow-control limits. */

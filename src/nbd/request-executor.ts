@@ -7,10 +7,11 @@
  * advertised maximum EOVERFLOW. Internal errors become NBD errno values in exactly one place,
  * nbdErrorFromException().
  */
-import type { BlockStatusExtent } from '../disk/block-device.js';
+import type { BlockDevice, BlockStatusExtent, WriteOptions } from '../disk/block-device.js';
 import { isTandemError } from '../errors.js';
 import type { NbdExport } from './nbd-export.js';
 import { BASE_ALLOCATION_CONTEXT_ID } from './negotiation.js';
+import type { ReplyBufferPool } from './reply-buffers.js';
 import * as wire from './wire.js';
 
 /** One request as parsed from the wire. Offsets above 2^53 are already rejected (-1). */
@@ -21,8 +22,11 @@ export interface NbdRequest {
   readonly handleLow: number;
   readonly offsetBytes: number;
   readonly lengthBytes: number;
-  /** WRITE data, present once the whole payload arrived. */
-  payload: Buffer | undefined;
+  /**
+   * WRITE data as the pieces (views of socket chunks) it arrived in, back to back; complete
+   * once the request is dispatched.
+   */
+  payload: Buffer[] | undefined;
   /** Order among the connection's writes, for flush barriers; 0 for other commands. */
   writeSequence: number;
 }
@@ -31,6 +35,9 @@ export interface RequestRejection {
   readonly errno: number;
   readonly message: string;
 }
+
+/** Delivers a request's reply; `afterSent` (for a pooled buffer) runs once it left. */
+export type Reply = (bytes: Buffer, afterSent?: () => void) => void;
 
 const flagsAllowedByCommand: Readonly<Record<number, number>> = {
   [wire.CMD_READ]: wire.CMD_FLAG_FUA | wire.CMD_FLAG_DF,
@@ -77,6 +84,7 @@ export class RequestExecutor {
     private readonly blockStatusActive: boolean,
     private readonly maximumPayloadBytes: number,
     private readonly maximumBlockStatusExtents: number,
+    private readonly replyBuffers: ReplyBufferPool,
   ) {}
 
   /** Checks a request header; returns undefined when it may run. */
@@ -137,10 +145,11 @@ export class RequestExecutor {
   }
 
   /**
-   * Runs a validated request. `reply` receives the complete reply bytes exactly once; FLUSH and
-   * DISC are handled by the connection, which owns ordering.
+   * Runs a validated request. `reply` receives the complete reply bytes exactly once, and for a
+   * pooled buffer what to call once the socket has taken them; FLUSH and DISC are handled by
+   * the connection, which owns ordering.
    */
-  execute(request: NbdRequest, reply: (bytes: Buffer) => void): void {
+  execute(request: NbdRequest, reply: Reply): void {
     switch (request.type) {
       case wire.CMD_READ:
         this.read(request, reply);
@@ -154,7 +163,7 @@ export class RequestExecutor {
   }
 
   /** FLUSH after the connection's barrier was met. */
-  flush(request: NbdRequest, reply: (bytes: Buffer) => void): void {
+  flush(request: NbdRequest, reply: Reply): void {
     this.replyWhenDone(this.target.device.flush(), request, reply);
   }
 
@@ -173,13 +182,13 @@ export class RequestExecutor {
     return encodeSimpleReply(request, 0);
   }
 
-  private read(request: NbdRequest, reply: (bytes: Buffer) => void): void {
+  private read(request: NbdRequest, reply: Reply): void {
     // Header and data share one allocation so the reply leaves in one socket write, and the
     // device reads straight into it (no copy on the way out).
     const headerBytes = this.structuredReplies
       ? wire.STRUCTURED_REPLY_HEADER_BYTES + 8
       : wire.SIMPLE_REPLY_HEADER_BYTES;
-    const buffer = Buffer.allocUnsafe(headerBytes + request.lengthBytes);
+    const buffer = this.replyBuffers.take(headerBytes + request.lengthBytes);
     this.target.device.read(buffer.subarray(headerBytes), request.offsetBytes).then(
       () => {
         if (this.structuredReplies) {
@@ -193,19 +202,20 @@ export class RequestExecutor {
         } else {
           writeSimpleHeader(buffer, request, 0);
         }
-        reply(buffer);
+        reply(buffer, () => this.replyBuffers.give(buffer));
       },
+      // The buffer is not pooled again: a failed device might still refer to it.
       (error: unknown) => reply(this.encodeError(request, nbdErrorFromException(error), error)),
     );
   }
 
-  private runWithoutPayload(request: NbdRequest, reply: (bytes: Buffer) => void): void {
+  private runWithoutPayload(request: NbdRequest, reply: Reply): void {
     const device = this.target.device;
     const fua = (request.flags & wire.CMD_FLAG_FUA) !== 0;
     let operation: Promise<void>;
     switch (request.type) {
       case wire.CMD_WRITE:
-        operation = device.write(request.payload ?? Buffer.alloc(0), request.offsetBytes, { fua });
+        operation = writePieces(device, request.payload ?? [], request.offsetBytes, { fua });
         break;
       case wire.CMD_TRIM:
         operation = device.discard(request.offsetBytes, request.lengthBytes, { fua });
@@ -228,18 +238,14 @@ export class RequestExecutor {
   }
 
   /** Answers a request that returns no data: success, or the mapped error with its message. */
-  private replyWhenDone(
-    operation: Promise<void>,
-    request: NbdRequest,
-    reply: (bytes: Buffer) => void,
-  ): void {
+  private replyWhenDone(operation: Promise<void>, request: NbdRequest, reply: Reply): void {
     operation.then(
       () => reply(this.encodeSuccess(request)),
       (error: unknown) => reply(this.encodeError(request, nbdErrorFromException(error), error)),
     );
   }
 
-  private blockStatus(request: NbdRequest, reply: (bytes: Buffer) => void): void {
+  private blockStatus(request: NbdRequest, reply: Reply): void {
     this.target.device.blockStatus(request.offsetBytes, request.lengthBytes).then(
       (extents) => reply(this.encodeBlockStatus(request, extents)),
       (error: unknown) => reply(this.encodeError(request, nbdErrorFromException(error), error)),
@@ -290,6 +296,21 @@ export class RequestExecutor {
   private isFastZero(flags: number): boolean {
     return (flags & wire.CMD_FLAG_FAST_ZERO) !== 0;
   }
+}
+
+/** A payload in one piece is an ordinary write; more pieces are gathered, or joined first. */
+function writePieces(
+  device: BlockDevice,
+  pieces: readonly Buffer[],
+  offsetBytes: number,
+  options: WriteOptions,
+): Promise<void> {
+  const only = pieces.length === 1 ? pieces[0] : undefined;
+  if (only !== undefined) return device.write(only, offsetBytes, options);
+  if (device.writeGathered !== undefined) {
+    return device.writeGathered(pieces, offsetBytes, options);
+  }
+  return device.write(Buffer.concat(pieces), offsetBytes, options);
 }
 
 function describeCause(cause: unknown): string {

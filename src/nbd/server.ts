@@ -7,12 +7,14 @@
  * when all of them are gone, so the caller may then close the device.
  */
 import net from 'node:net';
+import { loadDiskNative } from '../disk/native.js';
 import { TandemError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { NbdConnection } from './connection.js';
 import { resolveNbdLimits, type NbdLimits } from './limits.js';
 import { NbdExport, type NbdExportInfo, type NbdExportOptions } from './nbd-export.js';
 import type { ExportLookup } from './negotiation.js';
+import { ReplyBufferPool } from './reply-buffers.js';
 
 export type { NbdExportInfo, NbdExportOptions } from './nbd-export.js';
 export type { NbdLimits } from './limits.js';
@@ -36,6 +38,8 @@ export class NbdServer {
   private readonly exportDrained = new Map<NbdExport, () => void>();
   private listener: net.Server | undefined;
   private nextConnectionId = 1;
+  /** READ reply buffers, shared by all connections. */
+  private readonly replyBuffers: ReplyBufferPool;
   private closing = false;
 
   private readonly lookup: ExportLookup = {
@@ -49,6 +53,9 @@ export class NbdServer {
   constructor(options: NbdServerOptions) {
     this.logger = options.logger;
     this.limits = resolveNbdLimits(options.limits);
+    this.replyBuffers = new ReplyBufferPool(this.limits.maximumPooledReplyBytes);
+    // Write payloads arrive in fresh 64 KiB socket buffers freed soon after: keep their pages.
+    loadDiskNative().retainFreedHeap(this.limits.retainedFreedHeapBytes);
   }
 
   get connectionCount(): number {
@@ -185,6 +192,7 @@ export class NbdServer {
         closed: (closedConnection) => this.forget(closedConnection, logger),
       },
       logger,
+      this.replyBuffers,
     );
     this.connections.add(connection);
   }

@@ -51,6 +51,39 @@ describe(
       reads.forEach((buffer, index) => assert.ok(buffer.equals(writes[index] ?? Buffer.alloc(0))));
     });
 
+    it('writes gathered pieces back to back with one operation', async () => {
+      assert.ok(submit !== undefined);
+      const operations: Array<Buffer | readonly Buffer[]> = [];
+      const counting: typeof submit = (...args) => {
+        operations.push(...args[1]);
+        submit(...args);
+      };
+      const io = new BatchedIo(fd, counting, 8, undefined);
+      const data = Buffer.alloc(300 * 1024);
+      for (let index = 0; index < data.length; index++) data[index] = (index * 7) % 251;
+      const pieces = [data.subarray(0, 1), data.subarray(1, 65537), data.subarray(65537)];
+      assert.equal(await run((done) => io.writeGathered(pieces, 4096, done)), null);
+      assert.equal(operations.length, 1);
+      assert.ok(Array.isArray(operations[0]));
+      const readBack = Buffer.alloc(data.length);
+      assert.equal(await run((done) => io.read(readBack, 4096, done)), null);
+      assert.ok(readBack.equals(data));
+    });
+
+    it('refuses a gather read and a gather write without pieces', () => {
+      assert.ok(submit !== undefined);
+      const ignore = (): void => undefined;
+      const offsets = Float64Array.from([0]);
+      assert.throws(
+        () => submit(fd, [[Buffer.alloc(4)]], offsets, Uint8Array.from([0]), ignore),
+        /only a write may gather/,
+      );
+      assert.throws(
+        () => submit(fd, [[]], offsets, Uint8Array.from([1]), ignore),
+        /1 to 8192 pieces/,
+      );
+    });
+
     it('reports a read past the end of the file as EEOF, and errno failures by name', async () => {
       assert.ok(submit !== undefined);
       const io = new BatchedIo(fd, submit, 8, undefined);

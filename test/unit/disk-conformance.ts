@@ -104,6 +104,36 @@ export function runBlockDeviceConformance(
       await device.write(Buffer.alloc(0), device.sizeBytes);
     });
 
+    withDevice('gather writes land like one write of the joined pieces', async (device) => {
+      const writeGathered = device.writeGathered?.bind(device);
+      if (writeGathered === undefined) return;
+      const unit = unitOf(device);
+      const data = pattern(16 * unit, 7);
+      // Uneven piece sizes (as socket chunks come), an empty piece, and misaligned starts.
+      const cuts = [0, 1, 1, 100, 3 * unit + 5, 9 * unit, 16 * unit];
+      const pieces = cuts.slice(1).map((cut, index) => data.subarray(cuts[index], cut));
+      await writeGathered(pieces, unit);
+      assert.deepEqual(await readBack(device, unit, data.length), data);
+      const durable = pattern(2 * unit, 8);
+      await writeGathered([durable.subarray(0, 3), durable.subarray(3)], 0, { fua: true });
+      assert.deepEqual(await readBack(device, 0, durable.length), durable);
+      // More pieces than one pwritev takes: joined first, same result.
+      const many = pattern(2048 * 4, 9);
+      const tiny = Array.from({ length: 2048 }, (_, index) =>
+        many.subarray(index * 4, index * 4 + 4),
+      );
+      const manyBytes = Math.ceil(many.length / unit) * unit;
+      await writeGathered([...tiny, Buffer.alloc(manyBytes - many.length)], 20 * unit);
+      assert.deepEqual(
+        (await readBack(device, 20 * unit, manyBytes)).subarray(0, many.length),
+        many,
+      );
+      await expectCode(
+        writeGathered([Buffer.alloc(unit), Buffer.alloc(unit)], device.sizeBytes - unit),
+        'DISK_OUT_OF_RANGE',
+      );
+    });
+
     withDevice('writes odd byte ranges when alignment is 1', async (device) => {
       if (device.alignmentBytes !== 1) return;
       await device.write(pattern(8192, 1), 4096);
