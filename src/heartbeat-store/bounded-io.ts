@@ -23,6 +23,8 @@ export interface BoundedOutcome<T> {
  * it rejected, did not settle in time, or settled but took longer than the bound as measured
  * afterwards (after an event-loop stall both may be ready at once; the measure decides).
  */
+const timerDone = new Error('bounded I/O settled');
+
 export async function bounded<T>(
   clock: Clock,
   timeoutMs: number,
@@ -40,7 +42,8 @@ export async function bounded<T>(
     (error: unknown) => ({ ok: false as const, error }),
   );
   const first = await Promise.race([settled, timeout]);
-  timer.abort();
+  // A constant reason: abort() without one builds a DOMException (and its stack) every I/O.
+  timer.abort(timerDone);
   const completedMs = clock.nowMs();
   if (first === 'timeout' || first === 'aborted') {
     return {

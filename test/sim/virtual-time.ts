@@ -91,12 +91,11 @@ export class VirtualScheduler {
   clockFor(options: HostClockOptions = {}): HostClock {
     const rate = options.rate ?? 1;
     let wallOffsetMs = options.wallOffsetMs ?? 0;
-    const scheduler = this;
     return {
-      nowMs: () => scheduler.nowMsValue * rate,
-      wallMs: () => Math.round(wallEpochMs + scheduler.nowMsValue + wallOffsetMs),
+      nowMs: () => this.nowMsValue * rate,
+      wallMs: () => Math.round(wallEpochMs + this.nowMsValue + wallOffsetMs),
       // A host's delay of d on its own clock is d / rate of true time.
-      sleep: (delayMs, signal) => scheduler.sleep(delayMs / rate, signal),
+      sleep: (delayMs, signal) => this.sleep(delayMs / rate, signal),
       jumpWall: (deltaMs) => {
         wallOffsetMs += deltaMs;
       },
@@ -113,6 +112,10 @@ export class VirtualScheduler {
   /** Fires the next timer (after settling); false when none is left. */
   async step(): Promise<boolean> {
     await this.settle();
+    return this.fireNext();
+  }
+
+  private fireNext(): boolean {
     for (;;) {
       const timer = this.timers.shift();
       if (timer === undefined) return false;
@@ -134,6 +137,36 @@ export class VirtualScheduler {
     }
     this.nowMsValue = Math.max(this.nowMsValue, untilMs);
     await this.settle();
+  }
+
+  /** True time of the next timer, or undefined when none is queued. */
+  nextDueMs(): number | undefined {
+    return this.timers.find((timer) => !timer.cancelled)?.dueMs;
+  }
+
+  /**
+   * Fires timers one by one until true time would pass `untilMs`, `maxSteps` timers fired, or
+   * `stop` says so; after each timer, once the continuations it released have run, calls
+   * `afterStep` (the simulation checks its invariants there). Returns the timers fired.
+   */
+  async runSteps(options: {
+    readonly untilMs: number;
+    readonly maxSteps?: number;
+    readonly afterStep?: () => void;
+    readonly stop?: () => boolean;
+  }): Promise<number> {
+    const maxSteps = options.maxSteps ?? Number.POSITIVE_INFINITY;
+    let steps = 0;
+    await this.settle();
+    while (steps < maxSteps && options.stop?.() !== true) {
+      const nextMs = this.nextDueMs();
+      if (nextMs === undefined || nextMs > options.untilMs) break;
+      this.fireNext();
+      steps += 1;
+      await this.settle();
+      options.afterStep?.();
+    }
+    return steps;
   }
 
   async runFor(durationMs: number): Promise<void> {
