@@ -36,6 +36,10 @@ export interface Waiter {
   blockedVersion: number | undefined;
 }
 
+export function newWaiter(): Waiter {
+  return { ticket: undefined, deferSinceMs: undefined, blockedVersion: undefined };
+}
+
 export type Step =
   | { readonly kind: 'acquired'; readonly info: LockInfo }
   | {

@@ -23,7 +23,7 @@ import {
   type ManagerState,
   checkManagerTransition,
 } from './held-lease.js';
-import { HeldLeases, type Step, type Waiter } from './held-leases.js';
+import { HeldLeases, type Step, type Waiter, newWaiter } from './held-leases.js';
 import {
   attemptAcquire,
   checkMode,
@@ -33,6 +33,7 @@ import {
   waitTicket,
 } from './lock-attempt.js';
 import { type LeaseContext, PaxosLease, checkLeaderName, leaderOwner } from './paxos-lease.js';
+import { OrphanSweeper } from './orphan-sweeper.js';
 import { ResourceDirectory, checkResourceName } from './resource-directory.js';
 import {
   type AcquireOptions,
@@ -78,6 +79,7 @@ export class LockManager implements LockService {
   private readonly stopController = new AbortController();
   private readonly context: LeaseContext;
   private readonly directory: ResourceDirectory;
+  private readonly sweeper: OrphanSweeper;
   private readonly logger: Logger;
   private readonly unsubscribe: () => void;
 
@@ -99,6 +101,7 @@ export class LockManager implements LockService {
       liveness,
       self: () => liveness.localInstance(),
       checkWritable: () => this.checkWritable(),
+      onUncertain: (areaIndex, reason) => this.sweeper.schedule(areaIndex, reason),
     };
     this.directory = new ResourceDirectory(this.context);
     this.holdings = new HeldLeases({
@@ -108,6 +111,14 @@ export class LockManager implements LockService {
       managerState: () => ({ open: this.state === 'open', reason: this.stateReason }),
     });
     this.leases = this.holdings.leases;
+    this.sweeper = new OrphanSweeper({
+      context: this.context,
+      logger: this.logger,
+      mutex: this.mutex,
+      stopSignal: this.stopController.signal,
+      leases: this.leases,
+      directory: this.directory,
+    });
     this.unsubscribe = liveness.onLocalState((event) => this.onLocalState(event));
   }
 
@@ -167,11 +178,7 @@ export class LockManager implements LockService {
     if (held.mode === mode) return this.holdings.heldInfo(held, []);
     if (mode === 'sh') return this.mutex.run(name, () => this.holdings.convertToShared(held));
     const waitMs = options.waitMs ?? 0;
-    const waiter: Waiter = {
-      ticket: undefined,
-      deferSinceMs: undefined,
-      blockedVersion: undefined,
-    };
+    const waiter = newWaiter();
     const step = () =>
       this.mutex.run(name, () =>
         this.holdings.convertToExclusiveOnce(held, waiter, this.deferExpired(waiter)),
@@ -285,11 +292,7 @@ export class LockManager implements LockService {
       );
     }
     this.queues.set(name, queue);
-    const waiter: Waiter = {
-      ticket: undefined,
-      deferSinceMs: undefined,
-      blockedVersion: undefined,
-    };
+    const waiter = newWaiter();
     queue.push(waiter);
     try {
       return await this.waitLoop(name, areaIndex, waitMs, options.signal, waiter, async () => {
@@ -329,20 +332,23 @@ export class LockManager implements LockService {
         ? this.stopController.signal
         : AbortSignal.any([userSignal, this.stopController.signal]);
     const deadlineMs = this.deps.clock.nowMs() + waitMs;
-    for (;;) {
-      signal.throwIfAborted();
-      const result = await step();
-      if (result.kind === 'acquired') return result.info;
-      if (result.cause !== 'local') await this.noteConflict(name, areaIndex, waiter, result);
-      const remainingMs = deadlineMs - this.deps.clock.nowMs();
-      if (remainingMs <= 0) {
-        throw new TandemError(
-          'LOCK_TIMEOUT',
-          `${name}: not granted within ${waitMs} ms (${result.reason})`,
-        );
+    // While we wait, a leader naming us or our ticket is ours to adopt or clear, not an orphan.
+    return this.sweeper.withLocalWaiter(name, async () => {
+      for (;;) {
+        signal.throwIfAborted();
+        const result = await step();
+        if (result.kind === 'acquired') return result.info;
+        if (result.cause !== 'local') await this.noteConflict(name, areaIndex, waiter, result);
+        const remainingMs = deadlineMs - this.deps.clock.nowMs();
+        if (remainingMs <= 0) {
+          throw new TandemError(
+            'LOCK_TIMEOUT',
+            `${name}: not granted within ${waitMs} ms (${result.reason})`,
+          );
+        }
+        await this.deps.clock.sleep(Math.min(pollIntervalMs, remainingMs), signal);
       }
-      await this.deps.clock.sleep(Math.min(pollIntervalMs, remainingMs), signal);
-    }
+    });
   }
 
   /** A waiter blocked by another host publishes its ticket and tracks how long it deferred. */
@@ -425,8 +431,6 @@ export class LockManager implements LockService {
     }
   }
 
-  // --- converting and releasing ----------------------------------------------------------------
-
   // --- fencing and state -----------------------------------------------------------------------
 
   private onLocalState(event: LocalEvent): void {
@@ -488,6 +492,7 @@ export class LockManager implements LockService {
   private async describeArea(name: string, areaIndex: number): Promise<LockInfo> {
     const snapshot = await new PaxosLease(this.context, areaIndex).readArea();
     checkLeaderName(snapshot.leader, name, `lease area ${areaIndex}`);
+    this.sweeper.notice(name, areaIndex, snapshot);
     const heldHere = this.leases.get(name)?.mode;
     return describeLease(
       this.context,

@@ -47,6 +47,12 @@ export interface LeaseContext {
   self(): HostInstance;
   /** Throws (FENCED) when this host must not write the lockspace any more. */
   checkWritable(): void;
+  /**
+   * Told when the on-disk state of an area may now differ from what this host believes: a write
+   * that failed or timed out (it may still land), or a ballot left after its phase 2 was written
+   * (another host may commit its value for us). The orphan sweeper re-checks the area.
+   */
+  readonly onUncertain?: (areaIndex: number, reason: string) => void;
 }
 
 export interface AreaSnapshot {
@@ -140,6 +146,8 @@ export function isNameMismatch(error: unknown): boolean {
 export class PaxosLease {
   private readonly offsetBytes: number;
   private readonly blockBytes: number;
+  /** The current acquireLeader wrote a phase-2 ballot (its value may be committed for us). */
+  private phase2Written = false;
 
   constructor(
     private readonly context: LeaseContext,
@@ -179,8 +187,10 @@ export class PaxosLease {
   async writeLeader(leader: LeaderRecord): Promise<void> {
     this.context.checkWritable();
     const block = encodeLeader(leader, this.blockBytes);
-    await boundedIo(this.context, this.what('write leader'), () =>
-      this.context.device.write(block, this.offsetBytes),
+    await this.reportingFailure('leader write failed', () =>
+      boundedIo(this.context, this.what('write leader'), () =>
+        this.context.device.write(block, this.offsetBytes),
+      ),
     );
   }
 
@@ -195,9 +205,21 @@ export class PaxosLease {
   async writeOwnBallot(ballot: BallotRecord): Promise<void> {
     this.context.checkWritable();
     const block = encodeBallot(ballot, this.blockBytes);
-    await boundedIo(this.context, this.what('write own ballot block'), () =>
-      this.context.device.write(block, this.ownBallotOffset()),
+    await this.reportingFailure('own ballot block write failed', () =>
+      boundedIo(this.context, this.what('write own ballot block'), () =>
+        this.context.device.write(block, this.ownBallotOffset()),
+      ),
     );
+  }
+
+  /** A write that failed or timed out may still land: tell the orphan sweeper. */
+  private async reportingFailure(reason: string, write: () => Promise<void>): Promise<void> {
+    try {
+      await write();
+    } catch (error) {
+      this.context.onUncertain?.(this.areaIndex, reason);
+      throw error;
+    }
   }
 
   /** Reads our ballot block, applies `change`, writes it back (mode flags, wait ticket). */
@@ -214,6 +236,24 @@ export class PaxosLease {
    * are retried after a random backoff, up to ballotAttemptsMax, then LOCK_CONTENDED.
    */
   async acquireLeader(
+    name: string,
+    precheck: (snapshot: AreaSnapshot) => string | undefined,
+  ): Promise<LeaderAttempt> {
+    this.phase2Written = false;
+    let won = false;
+    try {
+      const attempt = await this.acquireLeaderLoop(name, precheck);
+      won = attempt.kind === 'won';
+      return attempt;
+    } finally {
+      // A phase-2 value of ours may still be committed by another host's ballot.
+      if (this.phase2Written && !won) {
+        this.context.onUncertain?.(this.areaIndex, 'ballot left after its phase 2 was written');
+      }
+    }
+  }
+
+  private async acquireLeaderLoop(
     name: string,
     precheck: (snapshot: AreaSnapshot) => string | undefined,
   ): Promise<LeaderAttempt> {
@@ -301,6 +341,7 @@ export class PaxosLease {
 
     const chosen = highestBallot(afterPhase1.ballots, nextVersion);
     const phase2 = phase2Ballot(phase1, chosen, self, this.context.clock.wallMs());
+    this.phase2Written = true;
     await this.writeOwnBallot(phase2);
     const afterPhase2 = await this.readArea();
     const judged2 = this.judge(afterPhase2, phase2, version);

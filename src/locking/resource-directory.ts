@@ -121,6 +121,12 @@ export class ResourceDirectory {
     return found;
   }
 
+  /** The cached name of a lease area, if any. */
+  nameOf(areaIndex: number): string | undefined {
+    for (const [name, index] of this.cache) if (index === areaIndex) return name;
+    return undefined;
+  }
+
   /** Forgets a cached mapping (the leader named another resource). */
   invalidate(name: string): void {
     this.cache.delete(name);

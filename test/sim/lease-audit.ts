@@ -11,6 +11,12 @@ import { resourceAreaOffset } from '../../src/heartbeat-store/layout.js';
 import type { ViolationLog } from './invariants.js';
 import type { SimCluster, SimHost } from './sim-cluster.js';
 
+function lockIoImpaired(host: SimHost): boolean {
+  const faults = host.lockView?.faults;
+  if (faults === undefined) return false;
+  return faults.stalled || faults.failChance > 0 || faults.lostWriteChance > 0;
+}
+
 export class LeaseAudit {
   private nextAuditMs = 0;
   /** "name/ex/hostIndex" → since when it looked orphaned. */
@@ -29,6 +35,9 @@ export class LeaseAudit {
     const seen = new Set<string>();
     for (const claim of this.claims()) {
       const key = `${claim.name}/${claim.mode}/${claim.host.index}`;
+      // A host whose lockspace I/O is failing or stalled cannot repair anything: the limit runs
+      // from when its I/O works again (its orphan sweeper then needs a few I/O timeouts).
+      if (lockIoImpaired(claim.host)) continue;
       seen.add(key);
       const since = this.orphanSince.get(key) ?? now;
       this.orphanSince.set(key, since);
