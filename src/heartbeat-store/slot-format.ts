@@ -64,27 +64,19 @@ export interface HostSlotRecord {
   readonly payload: Buffer;
 }
 
-/** A decoded slot; `leaseRecord` (the raw lease bytes) is what observers compare for changes. */
-export type DecodedSlot =
-  | { readonly kind: 'free' }
-  | { readonly kind: 'corrupt'; readonly reason: string }
-  | {
-      readonly kind: 'held';
-      readonly hostId: number;
-      readonly left: boolean;
-      readonly generation: number;
-      readonly renewalCounter: number;
-      readonly renewedWallMs: number;
-      readonly hostName: string;
-      readonly address: string;
-      readonly joinNonce: number;
-      /** Undefined when the payload fails its CRC (e.g. torn by a crash). */
-      readonly payload: Buffer | undefined;
-      readonly payloadSizeBytes: number;
-      readonly leaseRecord: Buffer;
-    };
+/** A held slot as read: the record's fields, with a payload that may be unreadable. */
+export type HeldSlot = Omit<HostSlotRecord, 'payload'> & {
+  readonly kind: 'held';
+  /** Undefined when the payload fails its CRC (e.g. torn by a crash). */
+  readonly payload: Buffer | undefined;
+  readonly payloadSizeBytes: number;
+  /** The raw lease bytes: what observers compare for changes. */
+  readonly leaseRecord: Buffer;
+};
 
-export type HeldSlot = Extract<DecodedSlot, { kind: 'held' }>;
+/** A decoded slot: free (all zero), corrupt (never free), or held. */
+export type DecodedSlot =
+  { readonly kind: 'free' } | { readonly kind: 'corrupt'; readonly reason: string } | HeldSlot;
 
 /** Where the payload starts in a slot of a lockspace with this block size (see above). */
 export function payloadOffset(blockSize: number): number {
