@@ -11,7 +11,6 @@
  * See bench/README.md.
  */
 import fs from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -29,6 +28,8 @@ import {
   waitFor,
   writeRandomFile,
 } from '../test/integration/helpers/tools.js';
+import { freePort } from '../test/integration/helpers/tcp-proxy.js';
+import { median } from './stats.js';
 
 const mebibyte = 1024 * 1024;
 const rssSampleIntervalMs = 100;
@@ -160,20 +161,6 @@ function positiveInteger(text: string | undefined, fallback: number, flag: strin
   return value;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => {
-        if (address === null || typeof address === 'string') reject(new Error('no TCP port'));
-        else resolve(address.port);
-      });
-    });
-  });
-}
-
 /** A field of /proc/PID/status in bytes (VmRSS, VmHWM), or undefined once the process is gone. */
 function processMemoryBytes(pid: number, field: 'VmRSS' | 'VmHWM'): number | undefined {
   let status: string;
@@ -203,14 +190,6 @@ class RssSampler {
   stop(): void {
     clearInterval(this.timer);
   }
-}
-
-function median(values: readonly number[]): number {
-  const ordered = [...values].sort((left, right) => left - right);
-  const middle = Math.floor(ordered.length / 2);
-  if (ordered.length === 0) return Number.NaN;
-  if (ordered.length % 2 === 1) return ordered[middle] ?? Number.NaN;
-  return ((ordered[middle - 1] ?? Number.NaN) + (ordered[middle] ?? Number.NaN)) / 2;
 }
 
 function formatNumber(value: number): string {
