@@ -79,6 +79,17 @@ const result = spawnSync(
 if (result.status !== 0)
   fail(`proto-loader-gen-types failed (exit ${result.status ?? result.signal})`);
 
+// A .proto without services (an on-disk schema) gets a root module that imports grpc and
+// declares SubtypeConstructor without using them; strict noUnusedLocals rejects that. Drop them.
+for (const name of moduleNames) {
+  const file = path.join(outputDirectory, `${name}.ts`);
+  let text = fs.readFileSync(file, 'utf8');
+  if (text.includes('SubtypeConstructor<typeof grpc.Client')) continue;
+  text = text.replace(/^import type \* as grpc from '@grpc\/grpc-js';\n/m, '');
+  text = text.replace(/^type SubtypeConstructor<[^]*?\n};\n/m, '');
+  fs.writeFileSync(file, text);
+}
+
 const typeName = (moduleName) =>
   moduleName.replace(/(^|[-_.])([a-z0-9])/g, (_match, _separator, letter) => letter.toUpperCase()) +
   'Proto';

@@ -49,6 +49,40 @@ export type ErrorCode =
   | 'LEASE_IO'
   /** Every resource area of the lockspace is in use. */
   | 'LOCKSPACE_NO_RESOURCES'
+  // Clustered volume groups (src/clvm).
+  /** The device holds no PV label. */
+  | 'PV_NOT_FOUND'
+  /** The device already holds a PV label (or other data tandem will not write over). */
+  | 'PV_EXISTS'
+  /** The PV label failed its magic, version or CRC check. */
+  | 'PV_LABEL_CORRUPT'
+  /** The PV belongs to a VG (or its extents are in use) and cannot be taken or removed. */
+  | 'PV_IN_USE'
+  /** A metadata area or record is corrupt (bad CRC, truncated ring, wrong magic). */
+  | 'MDA_CORRUPT'
+  /** The new metadata does not fit in the metadata area. */
+  | 'MDA_FULL'
+  /** The metadata was written by a newer tandem (format version unknown here). */
+  | 'MDA_VERSION'
+  /** The VG metadata breaks an invariant (overlapping extents, a segment off its PV...). */
+  | 'METADATA_INVALID'
+  | 'VG_NOT_FOUND'
+  | 'VG_EXISTS'
+  /** Not enough free extents for the request. */
+  | 'VG_NO_SPACE'
+  /** A PV the request needs is missing on this host. */
+  | 'VG_PARTIAL'
+  /** The PVs given disagree (a PV of another VG, two VGs of one name). */
+  | 'VG_INCONSISTENT'
+  | 'LV_NOT_FOUND'
+  | 'LV_EXISTS'
+  /** The LV is active on another host (the message names it). */
+  | 'LV_ACTIVE_ELSEWHERE'
+  /** The LV is active here and the request needs it inactive (or --force). */
+  | 'LV_ACTIVE'
+  | 'LV_NOT_ACTIVE'
+  /** A PV evacuation runs in the VG; this change waits until it ends. */
+  | 'MOVE_IN_PROGRESS'
   // Configuration and process level.
   | 'CONFIG_INVALID'
   | 'LISTEN_FAILED'

@@ -26,10 +26,16 @@ function statusForCode(code: ErrorCode): grpc.status {
     case 'DISK_MISALIGNED':
       return grpc.status.INVALID_ARGUMENT;
     case 'NOT_FOUND':
+    case 'PV_NOT_FOUND':
+    case 'VG_NOT_FOUND':
+    case 'LV_NOT_FOUND':
     case 'NBD_EXPORT_NOT_FOUND':
     case 'LOCKSPACE_NOT_FOUND':
       return grpc.status.NOT_FOUND;
     case 'ALREADY_EXISTS':
+    case 'PV_EXISTS':
+    case 'VG_EXISTS':
+    case 'LV_EXISTS':
     case 'NBD_EXPORT_EXISTS':
       return grpc.status.ALREADY_EXISTS;
     case 'FAILED_PRECONDITION':
@@ -40,6 +46,17 @@ function statusForCode(code: ErrorCode): grpc.status {
     case 'LOCK_NOT_HELD':
     case 'LOCKSPACE_NOT_JOINED':
     case 'LOCKSPACE_CORRUPT':
+    case 'PV_LABEL_CORRUPT':
+    case 'PV_IN_USE':
+    case 'MDA_CORRUPT':
+    case 'MDA_VERSION':
+    case 'METADATA_INVALID':
+    case 'VG_PARTIAL':
+    case 'VG_INCONSISTENT':
+    case 'LV_ACTIVE_ELSEWHERE':
+    case 'LV_ACTIVE':
+    case 'LV_NOT_ACTIVE':
+    case 'MOVE_IN_PROGRESS':
       return grpc.status.FAILED_PRECONDITION;
     // A lock conflict: another holder, a lost ballot or a busy host id.
     case 'LOCK_HELD':
@@ -52,6 +69,8 @@ function statusForCode(code: ErrorCode): grpc.status {
     case 'LOCKSPACE_NO_RESOURCES':
       return grpc.status.RESOURCE_EXHAUSTED;
     case 'DISK_NO_SPACE':
+    case 'VG_NO_SPACE':
+    case 'MDA_FULL':
       return grpc.status.RESOURCE_EXHAUSTED;
     // The device or a peer went away: retrying later, or elsewhere, may succeed.
     case 'DISK_GONE':
