@@ -10,9 +10,17 @@ export interface CliOutput {
   write(text: string): void;
 }
 
+/** An output that may be a terminal (process.stderr): progress bars are drawn only on one. */
+export interface CliTerminal extends CliOutput {
+  readonly isTTY?: boolean;
+  readonly columns?: number;
+}
+
 export interface CliContext {
   connection(): ApiConnection;
   readonly stdout: CliOutput;
+  /** Progress and notices that are not the command's result (pv move draws its bar here). */
+  readonly stderr: CliTerminal;
   /** Aborts on Ctrl-C (SIGINT) or SIGTERM: long-running commands (watch) stop cleanly. */
   interrupted(): AbortSignal;
 }

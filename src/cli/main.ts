@@ -10,21 +10,27 @@ import { registerExportCommands } from './commands/export.js';
 import { registerHostCommands } from './commands/host.js';
 import { registerLockCommands } from './commands/lock.js';
 import { registerLockspaceCommands } from './commands/lockspace.js';
+import { registerLvCommands } from './commands/lv.js';
 import { registerNodeCommands } from './commands/node.js';
-import type { CliContext, CliOutput, CommandGroup } from './context.js';
+import { registerPvCommands } from './commands/pv.js';
+import { registerVgCommands } from './commands/vg.js';
+import type { CliContext, CliOutput, CliTerminal, CommandGroup } from './context.js';
 
 export const defaultServerAddress = '127.0.0.1:7600';
 export const defaultTimeoutSeconds = 10;
 /** A deadline is never unbounded: an hour is already far past any unary call. */
 const timeoutSecondsMax = 3600;
 
-/** Later groups (pv, vg, lv) are added here, one file each. */
+/** One file each under commands/, in the order `tandem --help` lists them. */
 const commandGroups: readonly CommandGroup[] = [
   registerNodeCommands,
   registerExportCommands,
   registerLockspaceCommands,
   registerHostCommands,
   registerLockCommands,
+  registerPvCommands,
+  registerVgCommands,
+  registerLvCommands,
 ];
 
 /** A signal that aborts on SIGINT or SIGTERM; `release` removes the signal handlers. */
@@ -50,7 +56,7 @@ function parseTimeoutSeconds(text: string): number {
   return seconds;
 }
 
-export function buildCliProgram(output: { stdout: CliOutput; stderr: CliOutput }): {
+export function buildCliProgram(output: { stdout: CliOutput; stderr: CliTerminal }): {
   program: Command;
   close: () => void;
 } {
@@ -77,6 +83,7 @@ export function buildCliProgram(output: { stdout: CliOutput; stderr: CliOutput }
   let interrupt: { signal: AbortSignal; release: () => void } | undefined;
   const context: CliContext = {
     stdout: output.stdout,
+    stderr: output.stderr,
     connection: () => {
       const options = program.opts<{ server: string; timeout: number }>();
       connection ??= new ApiConnection(options.server, options.timeout * 1000);
@@ -105,7 +112,7 @@ export function buildCliProgram(output: { stdout: CliOutput; stderr: CliOutput }
 /** Runs the CLI; resolves with the process exit code. */
 export async function main(
   argv: readonly string[] = process.argv,
-  output: { stdout: CliOutput; stderr: CliOutput } = {
+  output: { stdout: CliOutput; stderr: CliTerminal } = {
     stdout: process.stdout,
     stderr: process.stderr,
   },

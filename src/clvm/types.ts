@@ -67,6 +67,12 @@ export interface LvRecord {
   readonly createdWallMs: number;
   /** Ordered by lvExtentStart, contiguous from 0. */
   readonly segments: readonly LvSegment[];
+  /**
+   * The LV's lease is `lv:<leaseSlot>` in the VG's lockspace: a slot no other LV of the VG uses
+   * (the lowest free one at create), so the lease areas of removed LVs are used again. Absent
+   * for hidden LVs (they have no lease).
+   */
+  readonly leaseSlot?: number;
 }
 
 /**
@@ -109,4 +115,9 @@ export interface VgMetadata {
   readonly lvs: readonly LvRecord[];
   /** At most one evacuation at a time. */
   readonly move: PvMoveRecord | undefined;
+  /**
+   * Set by `vg remove` before it wipes the PVs: every host leaves the VG's lockspace when it
+   * sees it, and the wipe waits for that, so no host heartbeats into space that is free again.
+   */
+  readonly removing?: boolean;
 }

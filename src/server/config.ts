@@ -32,6 +32,10 @@ export interface DaemonConfig {
   readonly hostId: number | undefined;
   /** `host:port` of the gRPC API as peers reach it; undefined: the bound gRPC address. */
   readonly advertise: string | undefined;
+  /** Every file or block device in this directory is scanned for PVs at start (absolute). */
+  readonly vgDir: string | undefined;
+  /** More PVs to scan: paths (absolute) or nbd:// URIs (config file key `pvs`). */
+  readonly pvs: readonly string[];
 }
 
 /** The settings as given by flags or a config file, all optional and not yet checked. */
@@ -44,6 +48,8 @@ export interface ConfigInput {
   lockspace?: unknown;
   hostId?: unknown;
   advertise?: unknown;
+  vgDir?: unknown;
+  pvs?: unknown;
 }
 
 export const defaultGrpcAddress: ListenAddress = { host: '127.0.0.1', port: 7600 };
@@ -58,6 +64,8 @@ const configKeys: ReadonlySet<string> = new Set([
   'lockspace',
   'hostId',
   'advertise',
+  'vgDir',
+  'pvs',
 ]);
 /** RFC 1123 host names are at most 253 characters; we also refuse control characters. */
 const hostNameLengthMax = 253;
@@ -125,6 +133,14 @@ function checkLockspace(value: unknown, baseDirectory: string): string {
   return path.resolve(baseDirectory, text);
 }
 
+function checkPvs(value: unknown, baseDirectory: string): string[] {
+  if (!Array.isArray(value)) throw invalid('pvs must be a list of paths or nbd:// URIs');
+  return value.map((item, index) => {
+    const text = checkString(item, `pvs[${index}]`);
+    return /^nbd:/i.test(text) ? text : path.resolve(baseDirectory, text);
+  });
+}
+
 /** The address peers use: a real host (not a wildcard) and a real port. */
 function checkAdvertise(value: unknown): string {
   const text = checkString(value, 'advertise');
@@ -170,6 +186,8 @@ export function resolveConfig(
   let lockspace: string | undefined;
   let hostId: number | undefined;
   let advertise: string | undefined;
+  let vgDir: string | undefined;
+  let pvs: readonly string[] = [];
   for (const { input, baseDirectory } of layers) {
     if (input.dataDir !== undefined) {
       dataDir = path.resolve(baseDirectory, checkString(input.dataDir, 'dataDir'));
@@ -182,20 +200,24 @@ export function resolveConfig(
     if (input.lockspace !== undefined) lockspace = checkLockspace(input.lockspace, baseDirectory);
     if (input.hostId !== undefined) hostId = checkHostId(input.hostId);
     if (input.advertise !== undefined) advertise = checkAdvertise(input.advertise);
+    if (input.vgDir !== undefined) {
+      vgDir = path.resolve(baseDirectory, checkString(input.vgDir, 'vgDir'));
+    }
+    if (input.pvs !== undefined) pvs = checkPvs(input.pvs, baseDirectory);
   }
   if (grpc.port !== 0 && grpc.port === nbd.port && grpc.host === nbd.host) {
     throw invalid(`grpc and nbd cannot both listen on ${formatListenAddress(grpc)}`);
   }
   checkHostName(hostName);
-  if (lockspace === undefined && (hostId !== undefined || advertise !== undefined)) {
-    throw invalid('hostId and advertise need a lockspace (--lockspace PATH)');
+  if (lockspace === undefined && hostId !== undefined) {
+    throw invalid('hostId needs a lockspace (--lockspace PATH)');
   }
-  if (lockspace !== undefined && Buffer.byteLength(hostName, 'utf8') > hostNameBytesMax) {
+  if (Buffer.byteLength(hostName, 'utf8') > hostNameBytesMax) {
     throw invalid(
       `hostName '${hostName}' is longer than the ${hostNameBytesMax} bytes a lockspace keeps`,
     );
   }
-  return { dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise };
+  return { dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise, vgDir, pvs };
 }
 
 /** Checks the shape of a parsed config file: an object with known keys only (typos are errors). */
@@ -245,9 +267,9 @@ export async function loadConfig(flags: DaemonFlags, cwd = process.cwd()): Promi
       baseDirectory: path.dirname(configPath),
     });
   }
-  const { dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise } = flags;
+  const { dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise, vgDir } = flags;
   layers.push({
-    input: { dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise },
+    input: { dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise, vgDir },
     baseDirectory: cwd,
   });
   return resolveConfig(layers, { cwd });

@@ -33,7 +33,16 @@ import {
   tandemServiceDefinitions,
 } from './grpc-server.js';
 import { LockspaceMember, type MembershipInfo } from './lockspace-member.js';
+import { LvActivations } from './lv-activations.js';
+import { PvMover } from './pv-mover.js';
 import { exportsHandlers } from './services/exports-service.js';
+import {
+  logicalVolumesHandlers,
+  physicalVolumesHandlers,
+  volumeGroupsHandlers,
+} from './services/volumes-service.js';
+import { VolumeHost } from './volume-host.js';
+import { VolumeOperations } from './volume-operations.js';
 import { hostsHandlers } from './services/hosts-service.js';
 import { locksHandlers } from './services/locks-service.js';
 import { nodeHandlers } from './services/node-service.js';
@@ -111,6 +120,37 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   const grpcLogger = logger.child({ component: 'grpc' });
   const streams = new OpenStreams();
   let member: LockspaceMember | undefined;
+  let volumeHost: VolumeHost | undefined;
+  const volumesLogger = logger.child({ component: 'volumes' });
+  const requireVolumeHost = (): VolumeHost => {
+    if (volumeHost === undefined) {
+      throw new TandemError('FAILED_PRECONDITION', 'tandemd is still starting its volume groups');
+    }
+    return volumeHost;
+  };
+  const activations = new LvActivations({
+    host: requireVolumeHost,
+    target: nbdServer,
+    logger: volumesLogger,
+  });
+  const operations = new VolumeOperations({
+    host: requireVolumeHost,
+    activations,
+    hostName: config.hostName,
+    logger: volumesLogger,
+  });
+  const volumes = {
+    host: requireVolumeHost,
+    activations,
+    operations,
+    mover: new PvMover({
+      host: requireVolumeHost,
+      operations,
+      activations,
+      hostName: config.hostName,
+      logger: volumesLogger,
+    }),
+  };
   const grpcServer = new TandemGrpcServer({
     logger: grpcLogger,
     services: tandemServices({
@@ -122,12 +162,15 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
       logger: grpcLogger,
       member: () => member,
       streams,
+      volumes,
     }),
   });
 
   let grpcStarted = false;
   const stop = async (): Promise<void> => {
     streams.endAll();
+    await activations.deactivateAll();
+    await volumeHost?.stop();
     await member?.stop();
     if (grpcStarted) await grpcServer.shutdown(grpcShutdownGraceMs);
     await nbdServer.close();
@@ -155,6 +198,35 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
         },
       });
     }
+    const lockspaceMember = member;
+    volumeHost = await VolumeHost.start({
+      hostName: config.hostName,
+      dataDir: config.dataDir,
+      vgDir: config.vgDir,
+      pvPaths: config.pvs,
+      address: advertisedAddress(config, boundGrpc, logger),
+      logger: volumesLogger,
+      onWritesStuck: (stuckWrites) => {
+        logger.error('writes of this host are stuck past the fence drain time: exiting', {
+          stuckWrites,
+        });
+        process.exit(stuckWritesExitCode);
+      },
+      extraPeers: () => {
+        if (lockspaceMember === undefined) return [];
+        try {
+          return lockspaceMember
+            .hosts()
+            .hosts()
+            .filter((host) => !host.self && host.address !== '' && host.state !== 'left')
+            .map((host) => host.address);
+        } catch {
+          return [];
+        }
+      },
+      onMetadataChanged: (entry) => activations.metadataChanged(entry),
+    });
+    logger.info('volume groups opened', { vgCount: volumeHost.list().length });
   } catch (error) {
     await stop().catch((stopError: unknown) => {
       logger.warn('cleanup after a failed start failed', { error: stopError });
@@ -179,6 +251,12 @@ function tandemServices(parts: {
   logger: Logger;
   member: () => LockspaceMember | undefined;
   streams: OpenStreams;
+  volumes: {
+    host: () => VolumeHost;
+    activations: LvActivations;
+    operations: VolumeOperations;
+    mover: PvMover;
+  };
 }): TandemServiceRegistration[] {
   const { config, startTime, nbdServer, exportManager, addresses, logger } = parts;
   const definitions = tandemServiceDefinitions();
@@ -187,6 +265,12 @@ function tandemServices(parts: {
     member: parts.member,
     streams: parts.streams,
     lockspace: config.lockspace,
+  };
+  const volumeDependencies = {
+    ...parts.volumes,
+    logger,
+    streams: parts.streams,
+    nbdAddress: () => addresses.nbd,
   };
   return [
     {
@@ -228,6 +312,21 @@ function tandemServices(parts: {
       definition: definitions.locks,
       handlers: locksHandlers(leaseDependencies),
     },
+    {
+      name: 'tandem.v1.PhysicalVolumes',
+      definition: definitions.physicalVolumes,
+      handlers: physicalVolumesHandlers(volumeDependencies),
+    },
+    {
+      name: 'tandem.v1.VolumeGroups',
+      definition: definitions.volumeGroups,
+      handlers: volumeGroupsHandlers(volumeDependencies),
+    },
+    {
+      name: 'tandem.v1.LogicalVolumes',
+      definition: definitions.logicalVolumes,
+      handlers: logicalVolumesHandlers(volumeDependencies),
+    },
   ];
 }
 
@@ -262,6 +361,10 @@ export function buildDaemonProgram(): Command {
     )
     .option('--host-id <n>', 'host id to join the lockspace with (default: a free one)')
     .option(
+      '--vg-dir <dir>',
+      'scan every file and block device in this directory for PVs and join the VGs found',
+    )
+    .option(
       '--advertise <host:port>',
       'gRPC address peers reach this host at (default: the bound gRPC address)',
     )
@@ -290,6 +393,7 @@ function toFlags(options: Record<string, unknown>): DaemonFlags {
     lockspace: options['lockspace'],
     hostId: options['hostId'],
     advertise: options['advertise'],
+    vgDir: options['vgDir'],
   };
 }
 

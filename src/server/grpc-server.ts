@@ -119,6 +119,9 @@ export function tandemServiceDefinitions(): {
   exports: grpc.ServiceDefinition;
   hosts: grpc.ServiceDefinition;
   locks: grpc.ServiceDefinition;
+  physicalVolumes: grpc.ServiceDefinition;
+  volumeGroups: grpc.ServiceDefinition;
+  logicalVolumes: grpc.ServiceDefinition;
 } {
   const proto = loadTandemProto();
   return {
@@ -126,5 +129,8 @@ export function tandemServiceDefinitions(): {
     exports: proto.tandem.v1.Exports.service,
     hosts: proto.tandem.v1.Hosts.service,
     locks: proto.tandem.v1.Locks.service,
+    physicalVolumes: proto.tandem.v1.PhysicalVolumes.service,
+    volumeGroups: proto.tandem.v1.VolumeGroups.service,
+    logicalVolumes: proto.tandem.v1.LogicalVolumes.service,
   };
 }

@@ -35,8 +35,13 @@ export const noLockspaceMessage =
   'this host joined no lockspace; start tandemd with --lockspace PATH';
 
 export interface LockspaceMemberOptions {
-  /** A path to a file or block device, or an nbd://host:port/export URI. */
+  /**
+   * A path to a file or block device, or an nbd://host:port/export URI; for a VG's lockspace,
+   * the VG's name (the device comes from `openDevice` then).
+   */
   readonly lockspace: string;
+  /** Opens the lockspace device; by default `openLockspaceDevice(lockspace)`. */
+  readonly openDevice?: () => Promise<BlockDevice>;
   readonly hostName: string;
   readonly hostId?: number;
   /** The gRPC address peers reach this host at, published in its slot. */
@@ -104,7 +109,7 @@ export class LockspaceMember {
   static async start(options: LockspaceMemberOptions): Promise<LockspaceMember> {
     const logger = options.logger;
     logger.info('opening lockspace', { lockspace: options.lockspace });
-    const device = await openLockspaceDevice(options.lockspace);
+    const device = await (options.openDevice ?? (() => openLockspaceDevice(options.lockspace)))();
     let prober: GrpcPeerProber | undefined;
     let store: HeartbeatStore | undefined;
     try {

@@ -64,6 +64,8 @@ describe('resolveConfig', () => {
       lockspace: undefined,
       hostId: undefined,
       advertise: undefined,
+      vgDir: undefined,
+      pvs: [],
     });
   });
 
@@ -150,10 +152,10 @@ describe('lockspace settings', () => {
     assertConfigInvalid(() => withLockspace({ lockspace: 'nbd://' }), /^lockspace: /);
     assertConfigInvalid(
       () => resolveConfig(layer({ hostId: 1 }), { hostName: 'h1' }),
-      /need a lockspace \(--lockspace PATH\)/,
+      /needs a lockspace \(--lockspace PATH\)/,
     );
     assertConfigInvalid(
-      () => resolveConfig(layer({ lockspace: '/l.img', hostName: 'h'.repeat(65) })),
+      () => resolveConfig(layer({ hostName: 'h'.repeat(65) })),
       /longer than the 64 bytes a lockspace keeps/,
     );
   });
@@ -168,7 +170,7 @@ describe('config files', () => {
     assertConfigInvalid(() => parseConfigText('[]', '/c.json'), /must hold a JSON object/);
     assertConfigInvalid(
       () => parseConfigText('{"dataDir":"x","grcp":"y"}', '/c.json'),
-      /unknown setting\(s\) grcp \(known: dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise\)/,
+      /unknown setting\(s\) grcp \(known: dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise, vgDir, pvs\)/,
     );
   });
 
@@ -191,5 +193,23 @@ describe('config files', () => {
     } finally {
       fs.rmSync(directory, { recursive: true, force: true });
     }
+  });
+
+  test('vgDir resolves against its layer; pvs come from the config file', () => {
+    const config = resolveConfig(
+      [
+        {
+          input: { vgDir: 'pvs', pvs: ['a.img', 'nbd://10.0.0.5:10809/pv'] },
+          baseDirectory: '/etc/t',
+        },
+      ],
+      { hostName: 'h1' },
+    );
+    assert.equal(config.vgDir, '/etc/t/pvs');
+    assert.deepEqual(config.pvs, ['/etc/t/a.img', 'nbd://10.0.0.5:10809/pv']);
+    assertConfigInvalid(
+      () => resolveConfig([{ input: { pvs: 'a.img' }, baseDirectory: '/' }]),
+      /pvs must be a list/,
+    );
   });
 });

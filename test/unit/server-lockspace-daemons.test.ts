@@ -44,6 +44,8 @@ function config(name: string, extra: Partial<DaemonConfig>): DaemonConfig {
     lockspace: undefined,
     hostId: undefined,
     advertise: undefined,
+    vgDir: undefined,
+    pvs: [],
     ...extra,
   };
 }

@@ -1,0 +1,128 @@
+/**
+ * Read-only questions about VG metadata: which LV has a name, how big it is, which physical
+ * extents are taken. Pure functions of a VgMetadata; vg-operations.ts re-exports them.
+ */
+import type { LvRecord, LvSegment, PvMoveRecord, VgMetadata } from './types.js';
+
+/** A run of physical extents on one PV. */
+export interface ExtentRun {
+  readonly pvExtentStart: number;
+  readonly extentCount: number;
+}
+
+/** A run of physical extents and what holds it, for the overlap check and error messages. */
+export interface UsedExtentRun extends ExtentRun {
+  /** "lv vm1-disk0 segment 2 area 0" or "the move target". */
+  readonly owner: string;
+}
+
+/** The PEs each area of a segment holds (a striped segment spreads its LEs over its areas). */
+export function areaExtentCount(segment: LvSegment): number {
+  return segment.extentCount / segment.areas.length;
+}
+
+/** The LV of that name, hidden LVs included (the lockspace code looks up lockspaceLvName). */
+export function findLv(md: VgMetadata, name: string): LvRecord | undefined {
+  return md.lvs.find((lv) => lv.name === name);
+}
+
+export function findLvByUuid(md: VgMetadata, uuid: string): LvRecord | undefined {
+  return md.lvs.find((lv) => lv.uuid === uuid);
+}
+
+export function lvExtentCount(lv: LvRecord): number {
+  let count = 0;
+  for (const segment of lv.segments) {
+    count += segment.extentCount;
+  }
+  return count;
+}
+
+export function lvSizeBytes(md: VgMetadata, lv: LvRecord): number {
+  return lvExtentCount(lv) * md.extentSizeBytes;
+}
+
+/** The PEs of a PV that LV segments hold (a move step's reserved target run is not counted). */
+export function pvUsedExtents(md: VgMetadata, pvUuid: string): number {
+  let count = 0;
+  for (const lv of md.lvs) {
+    for (const segment of lv.segments) {
+      for (const area of segment.areas) {
+        if (area.pvUuid === pvUuid) {
+          count += areaExtentCount(segment);
+        }
+      }
+    }
+  }
+  return count;
+}
+
+/** The LVs (hidden ones included) with at least one extent on the PV, in metadata order. */
+export function lvsOnPv(md: VgMetadata, pvUuid: string): LvRecord[] {
+  return md.lvs.filter((lv) =>
+    lv.segments.some((segment) => segment.areas.some((area) => area.pvUuid === pvUuid)),
+  );
+}
+
+/** The run a move step reserves on its target PV: as many PEs as one area of the step holds. */
+export function moveTargetExtentCount(md: VgMetadata, move: PvMoveRecord): number {
+  const segment = findLvByUuid(md, move.lvUuid)?.segments.find(
+    (candidate) =>
+      candidate.lvExtentStart <= move.lvExtentStart &&
+      move.lvExtentStart < candidate.lvExtentStart + candidate.extentCount,
+  );
+  return segment === undefined ? move.extentCount : move.extentCount / segment.areas.length;
+}
+
+/**
+ * Every used run per PV, sorted by start: LV areas and the move step's target run. Runs of a
+ * valid VG never overlap; validateVgMetadata uses this to prove it.
+ */
+export function usedExtentRuns(md: VgMetadata): Map<string, UsedExtentRun[]> {
+  const used = new Map<string, UsedExtentRun[]>();
+  const add = (pvUuid: string, run: UsedExtentRun): void => {
+    const runs = used.get(pvUuid);
+    if (runs === undefined) {
+      used.set(pvUuid, [run]);
+    } else {
+      runs.push(run);
+    }
+  };
+  for (const lv of md.lvs) {
+    lv.segments.forEach((segment, segmentIndex) => {
+      segment.areas.forEach((area, areaIndex) => {
+        add(area.pvUuid, {
+          pvExtentStart: area.pvExtentStart,
+          extentCount: areaExtentCount(segment),
+          owner: `lv ${lv.name} segment ${segmentIndex} area ${areaIndex}`,
+        });
+      });
+    });
+  }
+  if (md.move !== undefined) {
+    add(md.move.targetPvUuid, {
+      pvExtentStart: md.move.targetPvExtentStart,
+      extentCount: moveTargetExtentCount(md, md.move),
+      owner: 'the pv move target',
+    });
+  }
+  for (const runs of used.values()) {
+    runs.sort((a, b) => a.pvExtentStart - b.pvExtentStart);
+  }
+  return used;
+}
+
+/** PEs in the VG, and those neither in an LV nor reserved by a move step. */
+export function vgExtentTotals(md: VgMetadata): { extentCount: number; freeExtentCount: number } {
+  let extentCount = 0;
+  for (const pv of md.pvs) {
+    extentCount += pv.extentCount;
+  }
+  let usedCount = 0;
+  for (const runs of usedExtentRuns(md).values()) {
+    for (const run of runs) {
+      usedCount += run.extentCount;
+    }
+  }
+  return { extentCount, freeExtentCount: extentCount - usedCount };
+}

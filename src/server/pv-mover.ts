@@ -1,0 +1,342 @@
+/**
+ * Online PV evacuation (`pv move`, like pvmove): moves every used extent off a PV, one step at a
+ * time, while the LVs stay in use.
+ *
+ * One step (docs/clvm.md, "PV evacuation"):
+ *   1. plan the next run of the source PV and a free target run; commit it as the VG's `move`
+ *      record (the target run is then allocated: nobody else takes it);
+ *   2. mirror: writes to the step's LV extents go to the source and the target from now on;
+ *   3. copy the run source -> target (a range lock keeps concurrent writes and the copy apart);
+ *   4. commit the LV's new mapping (the step's extents now live on the target) and clear the
+ *      step; the LV device takes the new mapping; stop mirroring.
+ * The commit of step 4 is the checkpoint. A daemon killed during 2-3 leaves the step recorded:
+ * the next `pv move` of that PV copies that step again from its start (the source still holds
+ * every acknowledged write, because reads and writes used it until step 4), then goes on.
+ *
+ * The copy runs on the host where the LV is active (its writes pass through this host's LV
+ * device, so only this host can mirror them). An LV active on another host stops the move with
+ * a message naming that host; an inactive LV is copied under its lease held exclusive here, so
+ * it cannot be activated anywhere during its step.
+ */
+import { TandemError, isTandemError } from '../errors.js';
+import { LogicalVolumeDevice } from '../clvm/lv-device.js';
+import {
+  planMoveStep,
+  beginMoveStep,
+  finishMoveStep,
+  abortMoveStep,
+} from '../clvm/move-planner.js';
+import type { PvMoveRecord, VgMetadata } from '../clvm/types.js';
+import { findLvByUuid, pvUsedExtents } from '../clvm/vg-queries.js';
+import type { Logger } from '../log.js';
+import { type LvActivations, describeHolders, lvLeaseName } from './lv-activations.js';
+import type { VgEntry, VolumeHost } from './volume-host.js';
+import type { VolumeOperations } from './volume-operations.js';
+
+/** Extents per step: the most a crash makes the move copy again. */
+export const moveStepExtentsMax = 16;
+/** Progress is reported at most this often during a step. */
+const progressIntervalMs = 250;
+
+export interface MoveProgressReport {
+  vgName: string;
+  lvName: string;
+  movedExtentCount: number;
+  totalExtentCount: number;
+  movedBytes: string;
+  totalBytes: string;
+  done: boolean;
+}
+
+export class PvMover {
+  private readonly running = new Set<string>();
+
+  constructor(
+    private readonly parts: {
+      host: () => VolumeHost;
+      operations: VolumeOperations;
+      activations: LvActivations;
+      hostName: string;
+      logger: Logger;
+    },
+  ) {}
+
+  async move(
+    pvPath: string,
+    toPaths: readonly string[],
+    onProgress: (progress: MoveProgressReport) => void,
+    signal: AbortSignal,
+  ): Promise<MoveProgressReport> {
+    const host = this.parts.host();
+    const entry = host
+      .list()
+      .find((candidate) => candidate.vg.pvHandles().some((pv) => pv.path === pvPath));
+    if (entry === undefined)
+      throw new TandemError('PV_NOT_FOUND', `${pvPath} is not a PV of a VG on this host`);
+    const sourcePvUuid = this.uuidOf(entry, pvPath);
+    const targetPvUuids = toPaths.map((toPath) => this.uuidOf(entry, toPath));
+    if (targetPvUuids.includes(sourcePvUuid)) {
+      throw new TandemError('INVALID_ARGUMENT', `${pvPath} cannot be a target of its own move`);
+    }
+    if (this.running.has(entry.vg.uuid)) {
+      throw new TandemError(
+        'MOVE_IN_PROGRESS',
+        `a PV move runs in VG ${entry.vg.name} on this host`,
+      );
+    }
+    this.running.add(entry.vg.uuid);
+    try {
+      return await this.moveAll(entry, sourcePvUuid, targetPvUuids, onProgress, signal);
+    } finally {
+      this.running.delete(entry.vg.uuid);
+    }
+  }
+
+  private uuidOf(entry: VgEntry, pvPath: string): string {
+    const handle = entry.vg.pvHandles().find((pv) => pv.path === pvPath);
+    if (handle === undefined)
+      throw new TandemError('PV_NOT_FOUND', `${pvPath} is not a PV of VG ${entry.vg.name} here`);
+    return handle.label.pvUuid;
+  }
+
+  private async moveAll(
+    entry: VgEntry,
+    sourcePvUuid: string,
+    targetPvUuids: readonly string[],
+    onProgress: (progress: MoveProgressReport) => void,
+    signal: AbortSignal,
+  ): Promise<MoveProgressReport> {
+    await entry.vg.refresh();
+    const pending = entry.vg.metadata.move;
+    if (pending !== undefined && pending.sourcePvUuid !== sourcePvUuid) {
+      throw new TandemError(
+        'MOVE_IN_PROGRESS',
+        `VG ${entry.vg.name} has an unfinished move of another PV (${this.parts.host().pathOf(pending.sourcePvUuid) ?? pending.sourcePvUuid}); run pv move on it first`,
+      );
+    }
+    checkMovable(
+      entry.vg.metadata,
+      sourcePvUuid,
+      this.parts.host().pathOf(sourcePvUuid) ?? sourcePvUuid,
+    );
+    let total = pending?.totalExtentCount ?? pvUsedExtents(entry.vg.metadata, sourcePvUuid);
+    let last = this.report(
+      entry.vg.metadata,
+      '',
+      total - pvUsedExtents(entry.vg.metadata, sourcePvUuid),
+      total,
+    );
+    if (pending !== undefined)
+      this.parts.logger.info('resuming an interrupted PV move step', {
+        vg: entry.vg.name,
+        step: pending,
+      });
+    for (;;) {
+      if (signal.aborted)
+        throw new TandemError('FAILED_PRECONDITION', 'pv move cancelled; run it again to go on');
+      let step = entry.vg.metadata.move;
+      if (step === undefined) {
+        const planned = planMoveStep(entry.vg.metadata, {
+          sourcePvUuid,
+          targetPvUuids,
+          maxStepExtents: moveStepExtentsMax,
+          totalExtentCount: total,
+          missingPvUuids: entry.vg.missingPvUuids(),
+        });
+        if (planned === undefined) break;
+        const next = await this.parts.operations.change(entry, {
+          description: `pv move step ${planned.lvExtentStart}+${planned.extentCount}`,
+          apply: (current) => beginMoveStep(current, planned, this.context()),
+        });
+        step = next.move;
+        if (step === undefined) throw new Error('assertion: a begun move step is recorded');
+      }
+      total = step.totalExtentCount;
+      await this.runStep(
+        entry,
+        step,
+        (copiedBytes) => {
+          const lvName = findLvByUuid(entry.vg.metadata, step.lvUuid)?.name ?? '';
+          last = this.report(entry.vg.metadata, lvName, step.movedExtentCount, total, copiedBytes);
+          onProgress(last);
+        },
+        signal,
+      );
+      const done = entry.vg.metadata;
+      last = this.report(
+        done,
+        findLvByUuid(done, step.lvUuid)?.name ?? '',
+        total - pvUsedExtents(done, sourcePvUuid),
+        total,
+      );
+      onProgress(last);
+    }
+    this.parts.logger.info('PV move finished', { vg: entry.vg.name, extents: total });
+    return last;
+  }
+
+  /** Steps 2-4 of one move step (see the top of this file). */
+  private async runStep(
+    entry: VgEntry,
+    step: PvMoveRecord,
+    onCopied: (copiedBytes: number) => void,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const metadata = entry.vg.metadata;
+    const lv = findLvByUuid(metadata, step.lvUuid);
+    if (lv === undefined) throw new Error('assertion: the move step names an LV of the VG');
+    const activation = this.parts.activations.activeHere(lv.uuid);
+    const locks = this.parts.host().locksOf(entry);
+    let lease: string | undefined;
+    let device: LogicalVolumeDevice;
+    if (activation !== undefined) {
+      if (activation.mode !== 'ex') {
+        throw new TandemError(
+          'LV_ACTIVE',
+          `${activation.exportName} is active shared: deactivate it on every host (or activate it exclusive) to move it`,
+        );
+      }
+      device = activation.device;
+    } else {
+      lease = lvLeaseName(lv);
+      try {
+        await locks.acquire(lease, { mode: 'ex', waitMs: 0 });
+      } catch (error) {
+        if (!isTandemError(error) || error.code !== 'LOCK_HELD') throw error;
+        const holder = await locks.inspect(lease).catch(() => undefined);
+        throw new TandemError(
+          'LV_ACTIVE_ELSEWHERE',
+          `${metadata.name}/${lv.name} is active on ${holder === undefined ? 'another host' : describeHolders(holder)}: run pv move on that host`,
+          { cause: error },
+        );
+      }
+      device = new LogicalVolumeDevice({
+        description: `${metadata.name}/${lv.name} (pv move)`,
+        extentSizeBytes: metadata.extentSizeBytes,
+        segments: lv.segments,
+        resolvePv: (pvUuid) => {
+          const handle = entry.vg.handleFor(pvUuid);
+          return handle === undefined
+            ? undefined
+            : { device: handle.device, dataStartBytes: handle.label.dataStartBytes };
+        },
+      });
+    }
+    try {
+      await this.copyStep(entry, device, step, onCopied, signal);
+    } finally {
+      if (activation === undefined) await device.close().catch(() => undefined);
+      if (lease !== undefined) await locks.release(lease).catch(() => undefined);
+    }
+  }
+
+  private async copyStep(
+    entry: VgEntry,
+    device: LogicalVolumeDevice,
+    step: PvMoveRecord,
+    onCopied: (copiedBytes: number) => void,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const extentSizeBytes = entry.vg.metadata.extentSizeBytes;
+    const target = entry.vg.handleFor(step.targetPvUuid);
+    if (target === undefined)
+      throw new TandemError('VG_PARTIAL', 'the target PV of the move step is missing on this host');
+    device.startMirror({
+      lvExtentStart: step.lvExtentStart,
+      extentCount: step.extentCount,
+      target: {
+        device: target.device,
+        offsetBytes: target.label.dataStartBytes + step.targetPvExtentStart * extentSizeBytes,
+      },
+    });
+    let lastReportMs = 0;
+    try {
+      await device.copyMirror({
+        signal,
+        onProgress: (copiedBytes) => {
+          const nowMs = performance.now();
+          if (nowMs - lastReportMs < progressIntervalMs) return;
+          lastReportMs = nowMs;
+          onCopied(copiedBytes);
+        },
+      });
+      await this.parts.operations.change(entry, {
+        description: `pv move step done ${step.lvExtentStart}+${step.extentCount}`,
+        apply: (current) => finishMoveStep(current, this.context()),
+        // Still under the VG lock: the source extents are free in the metadata now, and no
+        // host may allocate them before the LV stopped writing there.
+        afterCommit: async (committed) => {
+          const moved = findLvByUuid(committed, step.lvUuid);
+          if (moved !== undefined) device.setSegments(moved.segments);
+          await device.stopMirror();
+        },
+      });
+    } catch (error) {
+      if (signal.aborted) {
+        await this.parts.operations
+          .change(entry, {
+            description: 'pv move step cancelled',
+            apply: (current) => abortMoveStep(current, this.context()),
+          })
+          .catch((abortError: unknown) => {
+            this.parts.logger.warn(
+              'clearing a cancelled move step failed (the next pv move redoes it)',
+              { error: abortError },
+            );
+          });
+      }
+      throw error;
+    } finally {
+      // After a failed or cancelled step (a second call after afterCommit does nothing).
+      await device.stopMirror();
+    }
+  }
+
+  private context(): { wallMs: number; updatedBy: string } {
+    return { wallMs: Date.now(), updatedBy: this.parts.hostName };
+  }
+
+  private report(
+    metadata: VgMetadata,
+    lvName: string,
+    movedExtentCount: number,
+    totalExtentCount: number,
+    extraBytes = 0,
+  ): MoveProgressReport {
+    return {
+      vgName: metadata.name,
+      lvName,
+      movedExtentCount,
+      totalExtentCount,
+      movedBytes: String(movedExtentCount * metadata.extentSizeBytes + extraBytes),
+      totalBytes: String(totalExtentCount * metadata.extentSizeBytes),
+      done: false,
+    };
+  }
+}
+
+/**
+ * What this host cannot move online, refused before the first step: the lockspace LV (every
+ * host writes its heartbeats and leases there, and only this host's writes would be mirrored)
+ * and striped segments (the mirror copies a logical range to one contiguous run; a stripe area
+ * is not one).
+ */
+function checkMovable(metadata: VgMetadata, sourcePvUuid: string, sourceName: string): void {
+  for (const lv of metadata.lvs) {
+    for (const segment of lv.segments) {
+      if (!segment.areas.some((area) => area.pvUuid === sourcePvUuid)) continue;
+      if (lv.hidden) {
+        throw new TandemError(
+          'FAILED_PRECONDITION',
+          `${sourceName} holds the lockspace LV of VG ${metadata.name}, which every host writes to; it cannot be moved online (move the other LVs off another PV instead)`,
+        );
+      }
+      if (segment.areas.length > 1) {
+        throw new TandemError(
+          'FAILED_PRECONDITION',
+          `${sourceName} holds a stripe of the striped LV ${metadata.name}/${lv.name}; moving striped segments online is not supported yet`,
+        );
+      }
+    }
+  }
+}

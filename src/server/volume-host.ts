@@ -1,0 +1,492 @@
+/**
+ * The clustered VGs of this host: which devices are PVs, which VGs they form, this host's
+ * membership of each VG's lockspace (the hidden lockspace LV), and how a change made anywhere
+ * reaches this host.
+ *
+ * How a host learns of a change (docs/clvm.md, "Cluster behaviour"):
+ * - push: the host that committed sends NotifyVgChanged to every peer it knows (the live hosts
+ *   of the VG's lockspace, and of every other lockspace it joined); the receiver re-reads the VG;
+ * - poll: every T (the VG lockspace's ioTimeout) each joined VG's lock value block is read; a
+ *   seqno above the cached one makes the host re-read the VG, so a change is seen within about
+ *   T + one read even when the network is down;
+ * - rescan: every rescanIntervalMs the known devices (--vg-dir, created PVs, paths peers sent)
+ *   are scanned again, which finds new VGs, PVs that came back and VGs removed elsewhere.
+ *
+ * Lifecycle of one VG here: found (scan) -> joining (its lockspace, async) -> joined; a join that
+ * fails is retried by the next rescan. A VG removed elsewhere (its PVs lost their labels) is left
+ * and forgotten.
+ */
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { BlockDevice } from '../disk/block-device.js';
+import { openFileDevice } from '../disk/file-device.js';
+import { openNbdDevice, parseNbdUri } from '../disk/nbd-device.js';
+import { TandemError, isTandemError } from '../errors.js';
+import { LogicalVolumeDevice } from '../clvm/lv-device.js';
+import { type PvHandle, readVgMetadata, scanDevices } from '../clvm/metadata-store.js';
+import { lockspaceLvName } from '../clvm/types.js';
+import { ClusteredVg, decodeSeqnoValue, vgLockName } from '../clvm/volume-group.js';
+import type { Logger } from '../log.js';
+import { LockspaceMember } from './lockspace-member.js';
+import { VgNotifier } from './vg-notifier.js';
+
+/** How often the known devices are scanned again. */
+export const rescanIntervalMs = 5_000;
+/** Devices a host keeps open as PVs (each VG's PVs, free PVs). */
+export const knownDevicesMax = 4096;
+const knownPathsFile = 'pv-paths.json';
+
+export type VolumeEventKind =
+  'vg-changed' | 'vg-removed' | 'lv-resized' | 'lv-activated' | 'lv-deactivated';
+
+export interface VolumeEvent {
+  readonly kind: VolumeEventKind;
+  readonly vgUuid: string;
+  readonly lvUuid?: string;
+  readonly reason?: string;
+}
+
+export interface VgEntry {
+  readonly vg: ClusteredVg;
+  member: LockspaceMember | undefined;
+  joining: Promise<void> | undefined;
+  joinError: string | undefined;
+}
+
+export interface VolumeHostOptions {
+  readonly hostName: string;
+  readonly dataDir: string;
+  /** Every file or block device in it is scanned for PVs. */
+  readonly vgDir: string | undefined;
+  /** More PV paths (config). */
+  readonly pvPaths: readonly string[];
+  /** The gRPC address this host publishes in its lockspace slots. */
+  readonly address: string;
+  readonly logger: Logger;
+  readonly onWritesStuck: (stuckWrites: number) => void;
+  /** Peers known other than through the VGs (e.g. the hosts of the --lockspace). */
+  readonly extraPeers: () => string[];
+  /** Called after the metadata of a VG changed here (before listeners hear of it). */
+  readonly onMetadataChanged?: (entry: VgEntry) => Promise<void>;
+}
+
+/** Opens a PV by path or nbd:// URI. */
+export async function openPvDevice(pvPath: string): Promise<BlockDevice> {
+  if (/^nbd:/i.test(pvPath)) return openNbdDevice(parseNbdUri(pvPath));
+  return openFileDevice(pvPath);
+}
+
+/** A BlockDevice over the VG's hidden lockspace LV. */
+export function lockspaceDevice(vg: ClusteredVg): LogicalVolumeDevice {
+  const metadata = vg.metadata;
+  const lv = metadata.lvs.find(
+    (candidate) => candidate.hidden && candidate.name === lockspaceLvName,
+  );
+  if (lv === undefined) {
+    throw new TandemError('METADATA_INVALID', `VG ${metadata.name} has no lockspace LV`);
+  }
+  return new LogicalVolumeDevice({
+    description: `${metadata.name}/${lockspaceLvName}`,
+    extentSizeBytes: metadata.extentSizeBytes,
+    segments: lv.segments,
+    resolvePv: (pvUuid) => {
+      const handle = vg.handleFor(pvUuid);
+      return handle === undefined
+        ? undefined
+        : { device: handle.device, dataStartBytes: handle.label.dataStartBytes };
+    },
+  });
+}
+
+export class VolumeHost {
+  private readonly entries = new Map<string, VgEntry>();
+  /** Open devices by path: every PV this host knows, in a VG or free. */
+  private readonly devices = new Map<string, BlockDevice>();
+  private freePvs: PvHandle[] = [];
+  private readonly knownPaths = new Set<string>();
+  private readonly listeners = new Set<(event: VolumeEvent) => void>();
+  private scanning: Promise<void> | undefined;
+  private rescanTimer: NodeJS.Timeout | undefined;
+  private pollTimer: NodeJS.Timeout | undefined;
+  private polling = false;
+  private stopped = false;
+  readonly notifier: VgNotifier;
+
+  private constructor(readonly options: VolumeHostOptions) {
+    this.notifier = new VgNotifier({ logger: options.logger.child({ part: 'notify' }) });
+    for (const pvPath of options.pvPaths) this.knownPaths.add(pvPath);
+  }
+
+  /** Scans, opens every VG found and joins their lockspaces; resolves when all joins ended. */
+  static async start(options: VolumeHostOptions): Promise<VolumeHost> {
+    const host = new VolumeHost(options);
+    await host.loadKnownPaths();
+    await host.rescan();
+    await Promise.all([...host.entries.values()].map((entry) => entry.joining));
+    host.rescanTimer = setInterval(
+      () => void host.rescan().catch(() => undefined),
+      rescanIntervalMs,
+    );
+    host.schedulePoll();
+    return host;
+  }
+
+  get hostName(): string {
+    return this.options.hostName;
+  }
+
+  get logger(): Logger {
+    return this.options.logger;
+  }
+
+  list(): VgEntry[] {
+    return [...this.entries.values()].sort((a, b) => a.vg.name.localeCompare(b.vg.name));
+  }
+
+  free(): PvHandle[] {
+    return [...this.freePvs];
+  }
+
+  byName(name: string): VgEntry {
+    const found = this.list().filter((entry) => entry.vg.name === name);
+    if (found.length > 1) {
+      throw new TandemError(
+        'VG_INCONSISTENT',
+        `two VGs are named ${name} (${found.map((entry) => entry.vg.uuid).join(', ')}); rename one`,
+      );
+    }
+    const entry = found[0];
+    if (entry === undefined) throw new TandemError('VG_NOT_FOUND', `no VG named ${name}`);
+    return entry;
+  }
+
+  byUuid(uuid: string): VgEntry | undefined {
+    return this.entries.get(uuid);
+  }
+
+  /** The VG's lock manager; fails if this host has not (yet) joined its lockspace. */
+  locksOf(entry: VgEntry): ReturnType<LockspaceMember['locks']> {
+    if (entry.member === undefined) {
+      const why = entry.joinError ?? (entry.joining !== undefined ? 'still joining' : 'not joined');
+      throw new TandemError(
+        'LOCKSPACE_NOT_JOINED',
+        `this host has not joined the lockspace of VG ${entry.vg.name} (${why})`,
+      );
+    }
+    return entry.member.locks();
+  }
+
+  /** The path this host opened a PV by. */
+  pathOf(pvUuid: string): string | undefined {
+    for (const entry of this.entries.values()) {
+      const handle = entry.vg.handleFor(pvUuid);
+      if (handle !== undefined) return handle.path;
+    }
+    return this.freePvs.find((handle) => handle.label.pvUuid === pvUuid)?.path;
+  }
+
+  watch(listener: (event: VolumeEvent) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  emit(event: VolumeEvent): void {
+    for (const listener of this.listeners) listener(event);
+  }
+
+  /** Opens a device (or returns the one already open) and remembers its path for rescans. */
+  async openDevice(pvPath: string): Promise<BlockDevice> {
+    const open = this.devices.get(pvPath);
+    if (open !== undefined) return open;
+    if (this.devices.size >= knownDevicesMax) {
+      throw new TandemError('INVALID_ARGUMENT', `this host already knows ${knownDevicesMax} PVs`);
+    }
+    const device = await openPvDevice(pvPath);
+    this.devices.set(pvPath, device);
+    if (!this.knownPaths.has(pvPath)) {
+      this.knownPaths.add(pvPath);
+      await this.saveKnownPaths();
+    }
+    return device;
+  }
+
+  /** Forgets a device that is no PV any more (pv remove). */
+  async forgetDevice(pvPath: string): Promise<void> {
+    const device = this.devices.get(pvPath);
+    this.devices.delete(pvPath);
+    this.freePvs = this.freePvs.filter((handle) => handle.path !== pvPath);
+    if (this.knownPaths.delete(pvPath)) await this.saveKnownPaths();
+    await device?.close().catch(() => undefined);
+  }
+
+  /** Scans every known device again and reconciles the VGs (one scan at a time). */
+  rescan(extraPaths: readonly string[] = []): Promise<void> {
+    for (const extra of extraPaths) this.knownPaths.add(extra);
+    const run = (this.scanning ?? Promise.resolve()).then(() => this.scanOnce());
+    this.scanning = run.finally(() => {
+      if (this.scanning === run) this.scanning = undefined;
+    });
+    return run;
+  }
+
+  private async scanOnce(): Promise<void> {
+    if (this.stopped) return;
+    for (const candidate of await this.candidatePaths()) {
+      if (this.devices.has(candidate)) continue;
+      try {
+        await this.openDevice(candidate);
+      } catch (error) {
+        this.logger.debug('cannot open a candidate PV', { path: candidate, error });
+      }
+    }
+    const scanned = await scanDevices(
+      [...this.devices.entries()].map(([pvPath, device]) => ({ path: pvPath, device })),
+    );
+    for (const problem of scanned.problems) {
+      this.logger.warn('a device holds a damaged PV', problem);
+    }
+    this.freePvs = scanned.unassigned;
+    for (const [vgUuid, handles] of scanned.byVg) {
+      const entry = this.entries.get(vgUuid);
+      if (entry === undefined) {
+        await this.openVg(handles).catch((error: unknown) => {
+          this.logger.warn('cannot open a VG found by the scan', { vgUuid, error });
+        });
+        continue;
+      }
+      for (const handle of handles) {
+        if (entry.vg.handleFor(handle.label.pvUuid) !== undefined) continue;
+        entry.vg.addHandle(handle);
+        this.logger.info('PV of the VG found', { vg: entry.vg.name, path: handle.path });
+      }
+      if (entry.member === undefined && entry.vg.metadata.removing !== true) this.join(entry);
+    }
+    for (const entry of [...this.entries.values()]) {
+      if (!scanned.byVg.has(entry.vg.uuid)) await this.forgetVg(entry, 'its PVs hold it no more');
+    }
+  }
+
+  /** Opens a VG from its PVs and starts joining its lockspace. */
+  async openVg(handles: PvHandle[]): Promise<VgEntry> {
+    const read = await readVgMetadata(handles);
+    const existing = this.entries.get(read.metadata.uuid);
+    if (existing !== undefined) return existing;
+    const vg = new ClusteredVg(
+      read.metadata,
+      handles,
+      this.logger.child({ vg: read.metadata.name }),
+    );
+    const entry: VgEntry = { vg, member: undefined, joining: undefined, joinError: undefined };
+    this.entries.set(vg.uuid, entry);
+    this.logger.info('VG found', {
+      vg: vg.name,
+      uuid: vg.uuid,
+      seqno: vg.metadata.seqno,
+      pvCount: handles.length,
+      missingPvCount: vg.missingPvUuids().length,
+    });
+    if (vg.metadata.removing !== true) this.join(entry);
+    this.emit({ kind: 'vg-changed', vgUuid: vg.uuid });
+    return entry;
+  }
+
+  /** Starts joining the VG's lockspace (once); a failure is kept and retried by the rescan. */
+  join(entry: VgEntry): void {
+    if (entry.member !== undefined || entry.joining !== undefined || this.stopped) return;
+    const vg = entry.vg;
+    entry.joining = LockspaceMember.start({
+      lockspace: `vg ${vg.name}`,
+      openDevice: () => Promise.resolve(lockspaceDevice(vg)),
+      hostName: this.options.hostName,
+      address: this.options.address,
+      logger: this.logger.child({ component: 'lockspace', vg: vg.name }),
+      onWritesStuck: this.options.onWritesStuck,
+    })
+      .then(async (member) => {
+        if (this.stopped || !this.entries.has(vg.uuid)) {
+          await member.stop();
+          return;
+        }
+        entry.member = member;
+        entry.joinError = undefined;
+        this.emit({ kind: 'vg-changed', vgUuid: vg.uuid });
+      })
+      .catch((error: unknown) => {
+        entry.joinError = error instanceof Error ? error.message : String(error);
+        this.logger.warn('joining the lockspace of a VG failed (retried by the next rescan)', {
+          vg: vg.name,
+          error,
+        });
+      })
+      .finally(() => {
+        entry.joining = undefined;
+      });
+  }
+
+  /** Leaves a VG's lockspace and forgets the VG (removed, here or elsewhere). */
+  async forgetVg(entry: VgEntry, reason: string): Promise<void> {
+    if (!this.entries.delete(entry.vg.uuid)) return;
+    this.logger.info('VG forgotten', { vg: entry.vg.name, reason });
+    await entry.joining?.catch(() => undefined);
+    await entry.member?.stop().catch(() => undefined);
+    entry.member = undefined;
+    this.emit({ kind: 'vg-removed', vgUuid: entry.vg.uuid, reason });
+  }
+
+  /** After this host committed a change: effects here, then tell every peer. */
+  async committed(entry: VgEntry): Promise<void> {
+    await this.metadataChanged(entry, 'here');
+    this.notifier.notify(this.peerAddresses(), {
+      vgUuid: entry.vg.uuid,
+      seqno: entry.vg.metadata.seqno,
+      pvPaths: entry.vg.pvHandles().map((handle) => handle.path),
+    });
+  }
+
+  /** NotifyVgChanged from a peer: re-read a known VG, or scan for a new one. */
+  async notified(vgUuid: string, seqno: number, pvPaths: readonly string[]): Promise<void> {
+    const entry = this.entries.get(vgUuid);
+    if (entry === undefined) {
+      await this.rescan(pvPaths.filter((pvPath) => pvPath !== ''));
+      return;
+    }
+    if (seqno <= entry.vg.metadata.seqno) return;
+    await this.refresh(entry, 'push');
+  }
+
+  /** Re-reads a VG's metadata; applies the effects if it changed. */
+  async refresh(entry: VgEntry, why: string): Promise<void> {
+    const before = entry.vg.metadata.seqno;
+    if (!(await entry.vg.refresh())) return;
+    this.logger.debug('VG re-read', {
+      vg: entry.vg.name,
+      why,
+      from: before,
+      to: entry.vg.metadata.seqno,
+    });
+    await this.metadataChanged(entry, 'elsewhere');
+  }
+
+  private async metadataChanged(entry: VgEntry, where: 'here' | 'elsewhere'): Promise<void> {
+    if (entry.vg.metadata.removing === true && where === 'elsewhere') {
+      // vg remove on some host waits for every host to leave before it wipes the PVs.
+      await this.forgetVg(entry, 'vg remove runs');
+      return;
+    }
+    if (entry.vg.metadata.pvs.length > 0) {
+      for (const dropped of entry.vg.dropUnlistedHandles()) {
+        this.logger.info('PV left the VG', { vg: entry.vg.name, path: dropped.path });
+      }
+    }
+    await this.options.onMetadataChanged?.(entry).catch((error: unknown) => {
+      this.logger.error('applying a VG change on this host failed', { vg: entry.vg.name, error });
+    });
+    this.emit({ kind: 'vg-changed', vgUuid: entry.vg.uuid });
+  }
+
+  /** Every peer address known from the joined lockspaces, and the extra peers. */
+  peerAddresses(): string[] {
+    const addresses = new Set(this.options.extraPeers());
+    for (const entry of this.entries.values()) {
+      if (entry.member === undefined) continue;
+      try {
+        for (const host of entry.member.hosts().hosts()) {
+          if (!host.self && host.address !== '' && host.state !== 'left')
+            addresses.add(host.address);
+        }
+      } catch {
+        // Not joined any more: its peers are unknown here.
+      }
+    }
+    addresses.delete(this.options.address);
+    return [...addresses];
+  }
+
+  private schedulePoll(): void {
+    if (this.stopped) return;
+    const intervals = this.list().map((entry) => entry.vg.metadata.ioTimeoutMs);
+    const delayMs = Math.max(50, Math.min(2_000, ...intervals));
+    this.pollTimer = setTimeout(() => {
+      void this.pollOnce().finally(() => this.schedulePoll());
+    }, delayMs);
+  }
+
+  /** Reads each joined VG's lock value block; a newer seqno makes the VG be re-read. */
+  private async pollOnce(): Promise<void> {
+    if (this.polling) return;
+    this.polling = true;
+    try {
+      for (const entry of this.list()) {
+        if (entry.member === undefined) continue;
+        try {
+          const lock = await entry.member.locks().inspect(vgLockName);
+          const seqno = decodeSeqnoValue(lock.value);
+          if (seqno !== undefined && seqno > entry.vg.metadata.seqno)
+            await this.refresh(entry, 'poll');
+        } catch (error) {
+          if (!isTandemError(error) || error.code !== 'NOT_FOUND') {
+            this.logger.debug('polling the VG lock failed', { vg: entry.vg.name, error });
+          }
+        }
+      }
+    } finally {
+      this.polling = false;
+    }
+  }
+
+  private async candidatePaths(): Promise<string[]> {
+    const found = new Set(this.knownPaths);
+    const vgDir = this.options.vgDir;
+    if (vgDir !== undefined) {
+      const names = await fs.readdir(vgDir).catch((error: unknown) => {
+        this.logger.warn('cannot read the VG directory', { vgDir, error });
+        return [] as string[];
+      });
+      for (const name of names.sort()) {
+        if (name.startsWith('.')) continue;
+        const full = path.resolve(vgDir, name);
+        const stats = await fs.stat(full).catch(() => undefined);
+        if (stats !== undefined && (stats.isFile() || stats.isBlockDevice())) found.add(full);
+      }
+    }
+    return [...found];
+  }
+
+  private async loadKnownPaths(): Promise<void> {
+    const file = path.join(this.options.dataDir, knownPathsFile);
+    const text = await fs.readFile(file, 'utf8').catch(() => undefined);
+    if (text === undefined) return;
+    try {
+      const parsed: unknown = JSON.parse(text);
+      if (!Array.isArray(parsed)) throw new Error('not a list');
+      for (const item of parsed) if (typeof item === 'string') this.knownPaths.add(item);
+    } catch (error) {
+      this.logger.warn('ignoring an unreadable list of known PV paths', { file, error });
+    }
+  }
+
+  private async saveKnownPaths(): Promise<void> {
+    const file = path.join(this.options.dataDir, knownPathsFile);
+    const temporary = `${file}.tmp`;
+    await fs.writeFile(temporary, JSON.stringify([...this.knownPaths].sort(), null, 2));
+    await fs.rename(temporary, file);
+  }
+
+  /** Leaves every lockspace (releasing every lease) and closes every device. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.rescanTimer);
+    clearTimeout(this.pollTimer);
+    await this.scanning?.catch(() => undefined);
+    for (const entry of this.entries.values()) {
+      await entry.joining?.catch(() => undefined);
+      await entry.member?.stop().catch((error: unknown) => {
+        this.logger.warn('leaving a VG lockspace failed', { vg: entry.vg.name, error });
+      });
+    }
+    this.entries.clear();
+    this.notifier.close();
+    for (const device of this.devices.values()) await device.close().catch(() => undefined);
+    this.devices.clear();
+  }
+}
