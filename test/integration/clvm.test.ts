@@ -378,4 +378,94 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
     const after = await metadataOnDisk(pvDirectory);
     assert.ok(!after.pvs.some((candidate) => candidate.uuid === source.uuid), 'the PV left the VG');
   });
+  test('pv move killed mid-way (kill -9) resumes after a restart and loses nothing', async () => {
+    const before = await metadataOnDisk(pvDirectory);
+    const lockspacePvs = new Set(
+      before.lvs
+        .filter((lv) => lv.hidden)
+        .flatMap((lv) =>
+          lv.segments.flatMap((segment) => segment.areas.map((area) => area.pvUuid)),
+        ),
+    );
+    const source = before.pvs.find((candidate) => !lockspacePvs.has(candidate.uuid));
+    assert.ok(source !== undefined, 'a PV without the lockspace LV');
+    let a = daemon('a');
+    checkOk(
+      await a.runCli(['lv', 'create', '-n', 'big', '-L', '192M', 'vg0', source.deviceHint]),
+      'lv create big',
+    );
+    checkOk(await a.runCli(['lv', 'activate', 'vg0/big', '--exclusive']), 'activate big');
+    const fioArgs = (uriHost: DaemonHandle): string[] => [
+      '--name=big',
+      '--ioengine=nbd',
+      `--uri=${nbdUri(uriHost.nbdHost, uriHost.nbdPort, 'vg0/big')}`,
+      '--rw=write',
+      '--bs=1m',
+      '--size=192m',
+      '--verify=crc32c',
+      '--output-format=json',
+    ];
+    const written = await runCommand('fio', [...fioArgs(a), '--do_verify=0'], {
+      cwd: directory,
+      timeoutMs: 120_000,
+    });
+    assert.equal(written.code, 0, written.stderr);
+    checkOk(await a.runCli(['lv', 'deactivate', 'vg0/big']), 'deactivate big');
+
+    const move = startBackground(
+      process.execPath,
+      [cliBin, '--server', a.grpcAddress, 'pv', 'move', source.deviceHint],
+      { cwd: directory },
+    );
+    cleanup.defer('stop pv move', () => move.stop());
+    // Kill the daemon right after the first step's checkpoint: at least one more step is left.
+    await waitFor(async () => /pv move step done/.test(a.stderr()), {
+      timeoutMs: 60_000,
+      intervalMs: 5,
+      description: 'a first move step',
+    });
+    a.process.kill('SIGKILL');
+    await move.waitForExit(30_000);
+    daemons.delete('a');
+    const interrupted = await metadataOnDisk(pvDirectory);
+    const left = interrupted.lvs
+      .flatMap((lv) => lv.segments)
+      .filter((segment) => segment.areas.some((area) => area.pvUuid === source.uuid)).length;
+    assert.ok(left > 0, 'the kill came before the move ended');
+
+    a = await startDaemon({
+      hostName: 'a',
+      dataDir: a.dataDir,
+      extraArgs: ['--vg-dir', pvDirectory, '--lockspace', path.join(directory, 'global.img')],
+    });
+    daemons.set('a', a);
+    await waitForJoined(['a']);
+    // The killed instance still holds its leases (vg0/first is active there) until it is
+    // declared dead, 6 T after its last heartbeat: until then the move says who holds them.
+    let again: CliResult | undefined;
+    await waitFor(
+      async () => {
+        again = await a.runCli(['pv', 'move', source.deviceHint]);
+        if (again.code !== 0) assert.match(again.stderr, /LV_ACTIVE_ELSEWHERE|LOCK_HELD/);
+        return again.code === 0;
+      },
+      { timeoutMs: 20_000, intervalMs: 500, description: 'pv move after the restart' },
+    );
+    checkOk(again ?? { code: 1, stdout: '', stderr: 'no run' }, 'pv move again');
+    const moved = await metadataOnDisk(pvDirectory);
+    assert.equal(moved.move, undefined, 'no step left recorded');
+    assert.ok(
+      !moved.lvs.some((lv) =>
+        lv.segments.some((segment) => segment.areas.some((area) => area.pvUuid === source.uuid)),
+      ),
+      'nothing left on the source PV',
+    );
+    checkOk(await a.runCli(['lv', 'activate', 'vg0/big', '--exclusive']), 'activate big again');
+    const verified = await runCommand('fio', [...fioArgs(a), '--verify_only'], {
+      cwd: directory,
+      timeoutMs: 120_000,
+    });
+    assert.equal(verified.code, 0, verified.stderr);
+    assert.equal(parseFioJson(verified.stdout)[0]?.error, 0);
+  });
 });
