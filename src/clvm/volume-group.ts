@@ -13,6 +13,7 @@
  * protocol when this host is declared dead, and the next change reads whatever is on disk.
  */
 import { TandemError } from '../errors.js';
+import { LogicalVolumeDevice } from './lv-device.js';
 import type { LockService } from '../locking/types.js';
 import type { Logger } from '../log.js';
 import {
@@ -21,7 +22,7 @@ import {
   listVgHistory,
   readVgMetadata,
 } from './metadata-store.js';
-import type { VgMetadata } from './types.js';
+import type { LvRecord, VgMetadata } from './types.js';
 import { validateVgMetadata } from './vg-operations.js';
 
 /** The VG lock's resource name in the VG's lockspace. */
@@ -105,6 +106,21 @@ export class ClusteredVg {
 
   handleFor(pvUuid: string): PvHandle | undefined {
     return this.handles.get(pvUuid);
+  }
+
+  /** A block device over an LV's current segments, on the PVs this host opened. */
+  lvDevice(lv: LvRecord, description: string): LogicalVolumeDevice {
+    return new LogicalVolumeDevice({
+      description,
+      extentSizeBytes: this.current.extentSizeBytes,
+      segments: lv.segments,
+      resolvePv: (pvUuid) => {
+        const handle = this.handles.get(pvUuid);
+        return handle === undefined
+          ? undefined
+          : { device: handle.device, dataStartBytes: handle.label.dataStartBytes };
+      },
+    });
   }
 
   /** PVs the metadata lists that this host could not open: the VG is partial. */

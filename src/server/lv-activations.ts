@@ -13,7 +13,7 @@
  *               writes; the export is removed at once
  */
 import { TandemError, isTandemError } from '../errors.js';
-import { LogicalVolumeDevice } from '../clvm/lv-device.js';
+import type { LogicalVolumeDevice } from '../clvm/lv-device.js';
 import type { LvRecord, VgMetadata } from '../clvm/types.js';
 import { lvLockName } from '../clvm/volume-group.js';
 import { gateDevice } from '../locking/index.js';
@@ -134,17 +134,7 @@ export class LvActivations {
       );
     }
     const exportName = exportNameOf(vg.name, lv.name);
-    const device = new LogicalVolumeDevice({
-      description: exportName,
-      extentSizeBytes: vg.metadata.extentSizeBytes,
-      segments: lv.segments,
-      resolvePv: (pvUuid) => {
-        const handle = vg.handleFor(pvUuid);
-        return handle === undefined
-          ? undefined
-          : { device: handle.device, dataStartBytes: handle.label.dataStartBytes };
-      },
-    });
+    const device = vg.lvDevice(lv, exportName);
     const gate = this.parts.host().locksOf(entry).gate;
     this.parts.target.addExport({
       name: exportName,

@@ -19,7 +19,7 @@
  * it cannot be activated anywhere during its step.
  */
 import { TandemError, isTandemError } from '../errors.js';
-import { LogicalVolumeDevice } from '../clvm/lv-device.js';
+import type { LogicalVolumeDevice } from '../clvm/lv-device.js';
 import {
   planMoveStep,
   beginMoveStep,
@@ -210,17 +210,7 @@ export class PvMover {
           { cause: error },
         );
       }
-      device = new LogicalVolumeDevice({
-        description: `${metadata.name}/${lv.name} (pv move)`,
-        extentSizeBytes: metadata.extentSizeBytes,
-        segments: lv.segments,
-        resolvePv: (pvUuid) => {
-          const handle = entry.vg.handleFor(pvUuid);
-          return handle === undefined
-            ? undefined
-            : { device: handle.device, dataStartBytes: handle.label.dataStartBytes };
-        },
-      });
+      device = entry.vg.lvDevice(lv, `${metadata.name}/${lv.name} (pv move)`);
     }
     try {
       await this.copyStep(entry, device, step, onCopied, signal);

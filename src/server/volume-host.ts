@@ -22,7 +22,7 @@ import type { BlockDevice } from '../disk/block-device.js';
 import { openFileDevice } from '../disk/file-device.js';
 import { openNbdDevice, parseNbdUri } from '../disk/nbd-device.js';
 import { TandemError, isTandemError } from '../errors.js';
-import { LogicalVolumeDevice } from '../clvm/lv-device.js';
+import type { LogicalVolumeDevice } from '../clvm/lv-device.js';
 import { type PvHandle, readVgMetadata, scanDevices } from '../clvm/metadata-store.js';
 import { lockspaceLvName } from '../clvm/types.js';
 import { ClusteredVg, decodeSeqnoValue, vgLockName } from '../clvm/volume-group.js';
@@ -85,17 +85,7 @@ export function lockspaceDevice(vg: ClusteredVg): LogicalVolumeDevice {
   if (lv === undefined) {
     throw new TandemError('METADATA_INVALID', `VG ${metadata.name} has no lockspace LV`);
   }
-  return new LogicalVolumeDevice({
-    description: `${metadata.name}/${lockspaceLvName}`,
-    extentSizeBytes: metadata.extentSizeBytes,
-    segments: lv.segments,
-    resolvePv: (pvUuid) => {
-      const handle = vg.handleFor(pvUuid);
-      return handle === undefined
-        ? undefined
-        : { device: handle.device, dataStartBytes: handle.label.dataStartBytes };
-    },
-  });
+  return vg.lvDevice(lv, `${metadata.name}/${lockspaceLvName}`);
 }
 
 export class VolumeHost {

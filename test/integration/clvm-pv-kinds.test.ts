@@ -6,7 +6,6 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import {
@@ -16,7 +15,7 @@ import {
   startDaemon,
   stopAllDaemons,
 } from './helpers/daemon.js';
-import { freePort } from './helpers/tcp-proxy.js';
+import { canConnect, freePort } from './helpers/tcp-proxy.js';
 import {
   CleanupStack,
   makeSparseFile,
@@ -39,17 +38,6 @@ const skip =
 function checkOk(result: CliResult, what: string): string {
   assert.equal(result.code, 0, `${what} failed:\n${result.stdout}\n${result.stderr}`);
   return result.stdout;
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
-  });
 }
 
 describe('a VG of a file, a loop device and an NBD-backed PV', { skip, timeout: 120_000 }, () => {

@@ -8,7 +8,6 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { deriveTimings, ioTimeoutMsByProfile } from '../../src/heartbeat-store/timings.js';
@@ -20,7 +19,7 @@ import {
   startDaemon,
   stopAllDaemons,
 } from './helpers/daemon.js';
-import { freePort, startTcpProxy } from './helpers/tcp-proxy.js';
+import { canConnect, freePort, startTcpProxy } from './helpers/tcp-proxy.js';
 import { CleanupStack, missingTools, startBackground, waitFor } from './helpers/tools.js';
 
 const timings = deriveTimings(ioTimeoutMsByProfile.fast);
@@ -78,17 +77,6 @@ async function waitForHostState(
     { timeoutMs, intervalMs: 50, description: `${hostName} ${state}` },
   ).catch((error: unknown) => {
     throw new Error(`${String(error)}; last host list: ${JSON.stringify(last)}`);
-  });
-}
-
-function canConnect(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const socket = net.connect(port, '127.0.0.1');
-    socket.once('connect', () => {
-      socket.destroy();
-      resolve(true);
-    });
-    socket.once('error', () => resolve(false));
   });
 }
 

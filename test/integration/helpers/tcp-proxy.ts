@@ -74,3 +74,15 @@ export async function freePort(): Promise<number> {
   if (bound === null || typeof bound === 'string') throw new Error('no TCP address');
   return bound.port;
 }
+
+/** Whether something listens on 127.0.0.1:port (one connect, closed at once). */
+export function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect(port, '127.0.0.1');
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
