@@ -468,4 +468,69 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
     assert.equal(verified.code, 0, verified.stderr);
     assert.equal(parseFioJson(verified.stdout)[0]?.error, 0);
   });
+  test('a host stalled past its lease (SIGSTOP) writes nothing after B takes the LV over', async () => {
+    const a = daemon('a');
+    const b = daemon('b');
+    // vg0/big is active on A (previous test). A client stays connected to A's export.
+    const client = startBackground(
+      'qemu-io',
+      ['-f', 'raw', nbdUri(a.nbdHost, a.nbdPort, 'vg0/big')],
+      {
+        cwd: directory,
+        stdin: true,
+      },
+    );
+    cleanup.defer('stop qemu-io', () => client.stop());
+    client.write('write -P 0x11 0 64k\n');
+    await client.waitForOutput(/wrote 65536/, 10_000);
+    a.process.kill('SIGSTOP');
+    const resume = cleanup.defer('resume A', () => {
+      a.process.kill('SIGCONT');
+    });
+    // The write is queued in A's socket while A is stopped: A must refuse it when it wakes.
+    client.write('write -P 0xcc 0 64k\n');
+    let taken: CliResult | undefined;
+    await waitFor(
+      async () => {
+        taken = await b.runCli(['lv', 'activate', 'vg0/big', '--exclusive']);
+        return taken.code === 0;
+      },
+      {
+        timeoutMs: 20_000,
+        intervalMs: 250,
+        description: 'B takes vg0/big over from the stalled A',
+      },
+    );
+    const written = await runCommand('qemu-io', [
+      '-f',
+      'raw',
+      nbdUri(b.nbdHost, b.nbdPort, 'vg0/big'),
+      '-c',
+      'write -P 0xbb 0 64k',
+    ]);
+    assert.equal(written.code, 0, written.stderr);
+    await resume.run();
+    await client.waitForOutput(
+      /write failed|Input\/output error|Operation not permitted|Connection|error/i,
+      10_000,
+    );
+    // Whatever A did on waking, B's data stands.
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    const read = await runCommand('qemu-io', [
+      '-f',
+      'raw',
+      '-r',
+      nbdUri(b.nbdHost, b.nbdPort, 'vg0/big'),
+      '-c',
+      'read -P 0xbb 0 64k',
+    ]);
+    assert.equal(read.code, 0, read.stderr);
+    assert.doesNotMatch(read.stdout, /Pattern verification failed/, 'A wrote after B took over');
+    await waitFor(
+      async () =>
+        (await runCommand('nbdinfo', ['--size', nbdUri(a.nbdHost, a.nbdPort, 'vg0/big')])).code !==
+        0,
+      { timeoutMs: 10_000, intervalMs: 100, description: 'A dropped its export of vg0/big' },
+    );
+  });
 });
