@@ -386,12 +386,14 @@ export async function writePvVgUuid(
 }
 
 /**
- * Removes the PV: zeroes the metadata area headers, flushes, then zeroes the label and flushes,
+ * Removes the PV: zeroes both metadata areas, flushes, then zeroes the label and flushes,
  * so a crash in between leaves a PV with no metadata (unassigned), never metadata without label.
  */
 export async function wipePv(device: BlockDevice, label: PvLabel): Promise<void> {
+  // The whole areas, not only their headers: old records left in a ring would make the device
+  // look like it holds data, and `pv create` would refuse it afterwards.
   for (const area of label.metadataAreas) {
-    await device.write(Buffer.alloc(pvAlignmentBytes), area.offsetBytes);
+    await device.writeZeroes(area.offsetBytes, area.sizeBytes);
   }
   await device.flush();
   await device.write(Buffer.alloc(pvLabelBytes), 0);

@@ -233,7 +233,10 @@ export class VolumeHost {
       [...this.devices.entries()].map(([pvPath, device]) => ({ path: pvPath, device })),
     );
     for (const problem of scanned.problems) {
-      this.logger.warn('a device holds a damaged PV', problem);
+      this.logger.warn('a device holds a damaged PV', {
+        path: problem.path,
+        problem: problem.message,
+      });
     }
     this.freePvs = scanned.unassigned;
     for (const [vgUuid, handles] of scanned.byVg) {

@@ -237,15 +237,7 @@ export class VolumeOperations {
       description: `vg rename ${name} ${newName}`,
       apply: async (current) => {
         // Export names carry the VG name: an active LV would keep serving under the old one.
-        const active = (await locks.list()).filter(
-          (lock) => lock.name.startsWith('lv:') && lock.mode !== 'free',
-        );
-        if (active.length > 0) {
-          throw new TandemError(
-            'LV_ACTIVE',
-            `VG ${name} has ${active.length} active LV(s); deactivate them first`,
-          );
-        }
+        await refuseActiveLvs(locks, name, 'renaming it');
         return operations.renameVg(current, newName, this.context());
       },
     });
@@ -279,7 +271,8 @@ export class VolumeOperations {
     await this.waitForOthersToLeave(entry, signal);
     const handles = entry.vg.pvHandles();
     await this.host.forgetVg(entry, 'removed here');
-    await removeVgMetadata(handles, { wipeLabel: true });
+    // Like vgremove: the PVs stay PVs (free ones), for another VG or pv remove.
+    await removeVgMetadata(handles, { wipeLabel: false });
     this.parts.logger.info('VG removed', { vg: name, pvCount: handles.length });
     await this.host.rescan();
   }
@@ -318,9 +311,14 @@ export class VolumeOperations {
         `VG ${name} keeps no version ${seqno}; kept: ${versions.map((version) => version.seqno).join(', ')}`,
       );
     }
+    const locks = this.host.locksOf(entry);
     await this.change(entry, {
       description: `vg restore ${name} --seqno ${seqno}`,
-      apply: (current) => operations.restoreVersion(current, old, this.context()),
+      apply: async (current) => {
+        // Like vgcfgrestore: an old version may drop or shrink an LV that a VM is using.
+        await refuseActiveLvs(locks, name, 'restoring its metadata');
+        return operations.restoreVersion(current, old, this.context());
+      },
     });
     return entry;
   }
@@ -507,6 +505,26 @@ export class VolumeOperations {
         `${pvPath} is not a PV of VG ${entry.vg.name} on this host`,
       );
     return handle.label.pvUuid;
+  }
+}
+
+/** Fails with LV_ACTIVE when any LV of the VG is active on any host (its lease is held). */
+async function refuseActiveLvs(locks: LockService, vgName: string, doing: string): Promise<void> {
+  const active = (await locks.list()).filter(
+    (lock) => lock.name.startsWith('lv:') && lock.mode !== 'free',
+  );
+  if (active.length > 0) {
+    const hosts = new Set(
+      active.flatMap((lock) =>
+        lock.mode === 'ex'
+          ? [lock.owner?.hostName ?? '?']
+          : lock.sharedOwners.map((owner) => owner.hostName),
+      ),
+    );
+    throw new TandemError(
+      'LV_ACTIVE',
+      `VG ${vgName} has ${active.length} active LV(s) (on ${[...hosts].join(', ')}); deactivate them before ${doing}`,
+    );
   }
 }
 

@@ -221,146 +221,160 @@ async function fileSystemSizeBytes(device: string): Promise<number> {
   return Number(count) * Number(size);
 }
 
-describe('ext4 on a clustered LV, grown from another host', { skip, timeout: suiteTimeoutMs }, () => {
-  const cleanup = new CleanupStack();
-  let work = '';
-  let a: DaemonHandle;
-  let b: DaemonHandle;
-  let attachCount = 0;
-  let written = new Map<string, string>();
+describe(
+  'ext4 on a clustered LV, grown from another host',
+  { skip, timeout: suiteTimeoutMs },
+  () => {
+    const cleanup = new CleanupStack();
+    let work = '';
+    let a: DaemonHandle;
+    let b: DaemonHandle;
+    let attachCount = 0;
+    let written = new Map<string, string>();
 
-  async function startHost(hostName: string, pvDirectory: string): Promise<DaemonHandle> {
-    const daemon = await startDaemon({ hostName, extraArgs: ['--vg-dir', pvDirectory] });
-    cleanup.defer(`stop daemon ${hostName}`, () => daemon.stop());
-    return daemon;
-  }
-
-  function attach(): Promise<LoopAttachment> {
-    attachCount += 1;
-    const uri = nbdUri(a.nbdHost, a.nbdPort, exportName);
-    return LoopAttachment.attach(uri, path.join(work, `fuse-${attachCount}`), cleanup);
-  }
-
-  async function exportSizeBytes(): Promise<number> {
-    const info = await runCommand('nbdinfo', ['--size', nbdUri(a.nbdHost, a.nbdPort, exportName)]);
-    return Number(expectSuccess(info).stdout.trim());
-  }
-
-  async function assertNothingLeft(): Promise<void> {
-    assert.deepEqual(mountsUnder(work), [], 'no mount left under the work directory');
-    assert.deepEqual(await loopDevicesUnder(work), [], 'no loop device left on our files');
-  }
-
-  before(async () => {
-    work = makeTemporaryDirectory('tandem-clvm-fs-');
-    cleanup.defer('remove the work directory', () =>
-      fs.rmSync(work, { recursive: true, force: true }),
-    );
-    const pvDirectory = path.join(work, 'pvs');
-    fs.mkdirSync(pvDirectory);
-    const pvs = [1, 2].map((index) =>
-      makeSparseFile(path.join(pvDirectory, `pv${index}.img`), pvSizeBytes),
-    );
-    a = await startHost('a', pvDirectory);
-    checkOk(
-      await a.runCli([
-        'vg',
-        'create',
-        'vg0',
-        ...pvs,
-        '--io-timeout',
-        '500',
-        '--max-hosts',
-        '8',
-        '--max-lvs',
-        '64',
-      ]),
-      'vg create',
-    );
-    checkOk(await a.runCli(['lv', 'create', '-n', 'fs', '-L', '64M', 'vg0']), 'lv create');
-    // B finds the VG in --vg-dir when it starts, and has joined its lockspace once ready.
-    b = await startHost('b', pvDirectory);
-    const activated = checkOk(
-      await a.runCli(['lv', 'activate', exportName, '--exclusive']),
-      'lv activate',
-    );
-    assert.match(activated, /vg0\/fs/);
-  });
-
-  after(async () => {
-    try {
-      await cleanup.runAll();
-    } finally {
-      await stopAllDaemons();
+    async function startHost(hostName: string, pvDirectory: string): Promise<DaemonHandle> {
+      const daemon = await startDaemon({ hostName, extraArgs: ['--vg-dir', pvDirectory] });
+      cleanup.defer(`stop daemon ${hostName}`, () => daemon.stop());
+      return daemon;
     }
-    assert.deepEqual(mountsUnder(work), [], 'no mount left behind');
-    assert.deepEqual(await loopDevicesUnder(work), [], 'no loop device left behind');
-  });
 
-  test('mkfs.ext4 on the 64 MiB LV, mount, write files, umount', async () => {
-    const attachment = await attach();
-    assert.equal(await attachment.sizeBytes(), lvSizeBytes, 'the loop device has the LV size');
-    expectSuccess(await runFileSystemCommand('mkfs.ext4', ['-q', attachment.loopDevice]));
-    assert.equal(await fileSystemSizeBytes(attachment.loopDevice), lvSizeBytes);
-    const mountPoint = path.join(work, 'mount-1');
-    await attachment.mount(mountPoint);
-    const files = writeFiles(mountPoint, 'first', 6, 4 * mebibyte);
-    assert.deepEqual(await readFiles(mountPoint), sorted(files), 'files as written');
-    await attachment.unmount();
-    await attachment.release();
-    await assertNothingLeft();
-    written = files;
-  });
+    function attach(): Promise<LoopAttachment> {
+      attachCount += 1;
+      const uri = nbdUri(a.nbdHost, a.nbdPort, exportName);
+      return LoopAttachment.attach(uri, path.join(work, `fuse-${attachCount}`), cleanup);
+    }
 
-  test('lv extend +64M on B: A serves 128 MiB to a new connection', async () => {
-    assert.ok(written.size > 0, 'the first test wrote the files');
-    // An attachment open across the extend: its connection keeps the size it negotiated.
-    const attachment = await attach();
-    const extended = checkOk(await b.runCli(['lv', 'extend', '-L', '+64M', exportName]), 'extend');
-    assert.match(extended, /vg0\/fs/);
-    await waitFor(async () => (await exportSizeBytes()) === grownSizeBytes, {
-      timeoutMs: seenWithinMs,
-      intervalMs: 100,
-      description: 'the export on A has the new size',
+    async function exportSizeBytes(): Promise<number> {
+      const info = await runCommand('nbdinfo', [
+        '--size',
+        nbdUri(a.nbdHost, a.nbdPort, exportName),
+      ]);
+      return Number(expectSuccess(info).stdout.trim());
+    }
+
+    async function assertNothingLeft(): Promise<void> {
+      assert.deepEqual(mountsUnder(work), [], 'no mount left under the work directory');
+      assert.deepEqual(await loopDevicesUnder(work), [], 'no loop device left on our files');
+    }
+
+    before(async () => {
+      work = makeTemporaryDirectory('tandem-clvm-fs-');
+      cleanup.defer('remove the work directory', () =>
+        fs.rmSync(work, { recursive: true, force: true }),
+      );
+      const pvDirectory = path.join(work, 'pvs');
+      fs.mkdirSync(pvDirectory);
+      const pvs = [1, 2].map((index) =>
+        makeSparseFile(path.join(pvDirectory, `pv${index}.img`), pvSizeBytes),
+      );
+      a = await startHost('a', pvDirectory);
+      checkOk(
+        await a.runCli([
+          'vg',
+          'create',
+          'vg0',
+          ...pvs,
+          '--io-timeout',
+          '500',
+          '--max-hosts',
+          '8',
+          '--max-lvs',
+          '64',
+        ]),
+        'vg create',
+      );
+      checkOk(await a.runCli(['lv', 'create', '-n', 'fs', '-L', '64M', 'vg0']), 'lv create');
+      // B finds the VG in --vg-dir when it starts, and has joined its lockspace once ready.
+      b = await startHost('b', pvDirectory);
+      const activated = checkOk(
+        await a.runCli(['lv', 'activate', exportName, '--exclusive']),
+        'lv activate',
+      );
+      assert.match(activated, /vg0\/fs/);
     });
-    assert.equal(await attachment.sizeBytes(), lvSizeBytes, 'the old connection keeps its size');
-    await attachment.release();
-    const reattached = await attach();
-    assert.equal(await reattached.sizeBytes(), grownSizeBytes, 'a new loop device is 128 MiB');
-    await reattached.release();
-    await assertNothingLeft();
-  });
 
-  test('resize2fs grows ext4 to 128 MiB: files intact, more than 64 MiB fit, fsck clean', async () => {
-    const attachment = await attach();
-    const device = attachment.loopDevice;
-    assert.equal(await attachment.sizeBytes(), grownSizeBytes);
-    // resize2fs wants a freshly checked file system.
-    expectSuccess(await runFileSystemCommand('e2fsck', ['-f', '-y', device]));
-    const resized = expectSuccess(await runFileSystemCommand('resize2fs', [device]));
-    assert.match(resized.stdout + resized.stderr, /is now \d+ .*blocks long/);
-    assert.equal(await fileSystemSizeBytes(device), grownSizeBytes, 'the superblock says 128 MiB');
-    const mountPoint = path.join(work, 'mount-2');
-    await attachment.mount(mountPoint);
-    const statistics = fs.statfsSync(mountPoint);
-    assert.ok(
-      statistics.blocks * statistics.bsize > lvSizeBytes,
-      `statfs reports more than 64 MiB (${statistics.blocks} blocks of ${statistics.bsize})`,
-    );
-    assert.deepEqual(await readFiles(mountPoint), sorted(written), 'files intact after resize');
-    // 24 + 48 MiB: more than the old file system could hold.
-    const more = writeFiles(mountPoint, 'second', 12, 4 * mebibyte);
-    const all = sorted(new Map([...written, ...more]));
-    assert.deepEqual(await readFiles(mountPoint), all, 'old and new files');
-    await attachment.unmount();
-    const check = await runFileSystemCommand('fsck.ext4', ['-f', '-n', device]);
-    assert.equal(check.code, 0, `fsck finds the file system clean:\n${describeResult(check)}`);
-    await attachment.release();
-    // And once more through a fresh connection, so no page cache answers.
-    const fresh = await attach();
-    await fresh.mount(path.join(work, 'mount-3'));
-    assert.deepEqual(await readFiles(path.join(work, 'mount-3')), all, 'read back anew');
-    await fresh.release();
-    await assertNothingLeft();
-  });
-});
+    after(async () => {
+      try {
+        await cleanup.runAll();
+      } finally {
+        await stopAllDaemons();
+      }
+      assert.deepEqual(mountsUnder(work), [], 'no mount left behind');
+      assert.deepEqual(await loopDevicesUnder(work), [], 'no loop device left behind');
+    });
+
+    test('mkfs.ext4 on the 64 MiB LV, mount, write files, umount', async () => {
+      const attachment = await attach();
+      assert.equal(await attachment.sizeBytes(), lvSizeBytes, 'the loop device has the LV size');
+      expectSuccess(await runFileSystemCommand('mkfs.ext4', ['-q', attachment.loopDevice]));
+      assert.equal(await fileSystemSizeBytes(attachment.loopDevice), lvSizeBytes);
+      const mountPoint = path.join(work, 'mount-1');
+      await attachment.mount(mountPoint);
+      const files = writeFiles(mountPoint, 'first', 6, 4 * mebibyte);
+      assert.deepEqual(await readFiles(mountPoint), sorted(files), 'files as written');
+      await attachment.unmount();
+      await attachment.release();
+      await assertNothingLeft();
+      written = files;
+    });
+
+    test('lv extend +64M on B: A serves 128 MiB to a new connection', async () => {
+      assert.ok(written.size > 0, 'the first test wrote the files');
+      // An attachment open across the extend: its connection keeps the size it negotiated.
+      const attachment = await attach();
+      const extended = checkOk(
+        await b.runCli(['lv', 'extend', '-L', '+64M', exportName]),
+        'extend',
+      );
+      assert.match(extended, /vg0\/fs/);
+      await waitFor(async () => (await exportSizeBytes()) === grownSizeBytes, {
+        timeoutMs: seenWithinMs,
+        intervalMs: 100,
+        description: 'the export on A has the new size',
+      });
+      assert.equal(await attachment.sizeBytes(), lvSizeBytes, 'the old connection keeps its size');
+      await attachment.release();
+      const reattached = await attach();
+      assert.equal(await reattached.sizeBytes(), grownSizeBytes, 'a new loop device is 128 MiB');
+      await reattached.release();
+      await assertNothingLeft();
+    });
+
+    test('resize2fs grows ext4 to 128 MiB: files intact, more than 64 MiB fit, fsck clean', async () => {
+      const attachment = await attach();
+      const device = attachment.loopDevice;
+      assert.equal(await attachment.sizeBytes(), grownSizeBytes);
+      // resize2fs wants a freshly checked file system.
+      expectSuccess(await runFileSystemCommand('e2fsck', ['-f', '-y', device]));
+      const resized = expectSuccess(await runFileSystemCommand('resize2fs', [device]));
+      assert.match(resized.stdout + resized.stderr, /is now \d+ .*blocks long/);
+      assert.equal(
+        await fileSystemSizeBytes(device),
+        grownSizeBytes,
+        'the superblock says 128 MiB',
+      );
+      const mountPoint = path.join(work, 'mount-2');
+      await attachment.mount(mountPoint);
+      const statistics = fs.statfsSync(mountPoint);
+      assert.ok(
+        statistics.blocks * statistics.bsize > lvSizeBytes,
+        `statfs reports more than 64 MiB (${statistics.blocks} blocks of ${statistics.bsize})`,
+      );
+      assert.deepEqual(await readFiles(mountPoint), sorted(written), 'files intact after resize');
+      // 24 + 48 MiB: more than the old file system could hold.
+      const more = writeFiles(mountPoint, 'second', 12, 4 * mebibyte);
+      const all = sorted(new Map([...written, ...more]));
+      assert.deepEqual(await readFiles(mountPoint), all, 'old and new files');
+      await attachment.unmount();
+      const check = await runFileSystemCommand('fsck.ext4', ['-f', '-n', device]);
+      assert.equal(check.code, 0, `fsck finds the file system clean:\n${describeResult(check)}`);
+      await attachment.release();
+      // And once more through a fresh connection, so no page cache answers.
+      const fresh = await attach();
+      await fresh.mount(path.join(work, 'mount-3'));
+      assert.deepEqual(await readFiles(path.join(work, 'mount-3')), all, 'read back anew');
+      await fresh.release();
+      await assertNothingLeft();
+    });
+  },
+);

@@ -35,6 +35,11 @@ const skip =
       ? 'needs root (losetup)'
       : false;
 
+function checkFails(result: CliResult, pattern: RegExp, what: string): void {
+  assert.notEqual(result.code, 0, `${what} should fail:\n${result.stdout}`);
+  assert.match(result.stderr, pattern, `${what}:\n${result.stderr}`);
+}
+
 function checkOk(result: CliResult, what: string): string {
   assert.equal(result.code, 0, `${what} failed:\n${result.stdout}\n${result.stderr}`);
   return result.stdout;
@@ -157,5 +162,38 @@ describe('a VG of a file, a loop device and an NBD-backed PV', { skip, timeout: 
     ]);
     assert.equal(again.code, 0, again.stderr);
     assert.doesNotMatch(again.stdout, /Pattern verification failed/);
+  });
+  test('lv remove, vg remove, pv remove leave devices with no PV label', async () => {
+    assert.ok(daemon !== undefined);
+    checkFails(await daemon.runCli(['vg', 'remove', 'mixed']), /LV/, 'vg remove with an LV');
+    checkFails(
+      await daemon.runCli(['lv', 'remove', 'mixed/wide']),
+      /active on this host/,
+      'lv remove while active',
+    );
+    checkFails(
+      await daemon.runCli(['vg', 'restore', 'mixed', '--seqno', '1']),
+      /LV_ACTIVE/,
+      'vg restore while an LV is active',
+    );
+    checkOk(await daemon.runCli(['lv', 'deactivate', 'mixed/wide']), 'deactivate');
+    checkOk(await daemon.runCli(['lv', 'remove', 'mixed/wide']), 'lv remove');
+    checkFails(
+      await daemon.runCli(['pv', 'remove', pvs[0] ?? '']),
+      /PV_IN_USE/,
+      'pv remove of a VG member',
+    );
+    checkOk(await daemon.runCli(['vg', 'remove', 'mixed']), 'vg remove');
+    const vgs = JSON.parse(checkOk(await daemon.runCli(['vg', 'list', '--json']), 'vg list')) as {
+      vgs: unknown[];
+    };
+    assert.equal(vgs.vgs.length, 0);
+    for (const pv of pvs) checkOk(await daemon.runCli(['pv', 'remove', pv]), `pv remove ${pv}`);
+    const listed = JSON.parse(
+      checkOk(await daemon.runCli(['pv', 'list', '--json']), 'pv list'),
+    ) as { pvs: unknown[] };
+    assert.equal(listed.pvs.length, 0);
+    // A device that is no PV any more can become one again.
+    checkOk(await daemon.runCli(['pv', 'create', pvs[0] ?? '']), 'pv create again');
   });
 });
