@@ -167,11 +167,14 @@ export class VolumesApi {
 
   /** Waits until this host has joined `vgName`'s lockspace (it can then take the VG lock). */
   async waitJoined(vgName: string): Promise<void> {
-    await waitFor(async () => (await this.listVgs()).some((vg) => vg.name === vgName && vg.joined), {
-      timeoutMs: joinTimeoutMs,
-      intervalMs: 100,
-      description: `${this.daemon.grpcAddress} to join VG ${vgName}`,
-    });
+    await waitFor(
+      async () => (await this.listVgs()).some((vg) => vg.name === vgName && vg.joined),
+      {
+        timeoutMs: joinTimeoutMs,
+        intervalMs: 100,
+        description: `${this.daemon.grpcAddress} to join VG ${vgName}`,
+      },
+    );
   }
 
   async stop(): Promise<void> {

@@ -29,7 +29,10 @@ export interface CreateLevel {
 }
 
 /** The encoded size of VG `vgName`'s current metadata, read from its PV files (read-only). */
-export async function metadataBodyBytes(pvPaths: readonly string[], vgName: string): Promise<number> {
+export async function metadataBodyBytes(
+  pvPaths: readonly string[],
+  vgName: string,
+): Promise<number> {
   const devices = await Promise.all(
     pvPaths.map(async (pvPath) => ({
       path: pvPath,
