@@ -387,6 +387,11 @@ export class HeartbeatStore implements LivenessSource {
     );
   }
 
+  writesAllowed(): boolean {
+    if (this.checkRenewalDeadline()) return false;
+    return this.machine.renewing && this.own !== undefined;
+  }
+
   /** Fences when no renewal started within renewalFailMs has succeeded; true if fenced. */
   private checkRenewalDeadline(): boolean {
     if (!this.machine.renewing) return this.machine.state === 'fenced';

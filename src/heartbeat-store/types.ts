@@ -73,4 +73,10 @@ export interface LivenessSource {
   ownerLiveness(owner: HostInstance): 'alive' | 'dead';
   /** Called when this host's state changes; returns an unsubscribe function. */
   onLocalState(listener: (event: LocalEvent) => void): () => void;
+  /**
+   * Synchronous, on this host's monotonic clock: joined, renewing, and a renewal that started
+   * less than the renewal fail time ago succeeded. False fences at once if the deadline passed.
+   * The write gate asks it before every protected write.
+   */
+  writesAllowed?(): boolean;
 }

@@ -90,6 +90,7 @@ export class LockManager implements LockService {
       clock,
       fenceDrainMs: liveness.timings.fenceDrainMs,
       logger: this.logger,
+      writesAllowed: liveness.writesAllowed?.bind(liveness),
     });
     this.context = {
       device: deps.device,

@@ -30,6 +30,12 @@ export interface WriteGateDeps {
   readonly clock: Clock;
   readonly fenceDrainMs: number;
   readonly logger: Logger;
+  /**
+   * Asked synchronously before every write: is this host's lease certainly still held now?
+   * A process that was stopped (SIGSTOP, a long pause) may find writes queued in its sockets
+   * when it wakes and handle them before its fence timer runs; this check refuses them.
+   */
+  readonly writesAllowed?: () => boolean;
 }
 
 export class WriteGate {
@@ -57,6 +63,9 @@ export class WriteGate {
    * start after `close` has returned control to its caller.
    */
   async run<T>(operation: () => Promise<T>): Promise<T> {
+    if (this.closedReason === undefined && this.deps.writesAllowed?.() === false) {
+      void this.close('the lease was no longer certainly held when a write came');
+    }
     if (this.closedReason !== undefined) {
       throw new TandemError(
         'FENCED',

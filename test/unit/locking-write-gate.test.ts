@@ -92,3 +92,38 @@ describe('WriteGate', () => {
     assert.deepEqual(await gate.close('again'), result);
   });
 });
+
+describe('WriteGate asks whether the lease is still held before every write', () => {
+  // Regression: a daemon stopped past its lease (SIGSTOP) woke, and its event loop handled a
+  // write queued in its NBD socket before the fence timer ran. The gate now asks at write time.
+  it('refuses and closes when the lease is no longer certainly held, without reaching the device', async () => {
+    const scheduler = new VirtualScheduler();
+    const base = new MemoryDevice({ sizeBytes: 1024 * 1024 });
+    const issued: string[] = [];
+    const device = Object.create(base) as BlockDevice;
+    device.write = (buffer, offset) => {
+      issued.push('write');
+      return base.write(buffer, offset);
+    };
+    let allowed = true;
+    let asked = 0;
+    const gate = new WriteGate({
+      clock: scheduler.clockFor(),
+      fenceDrainMs: 250,
+      logger: silentLogger,
+      writesAllowed: () => {
+        asked += 1;
+        return allowed;
+      },
+    });
+    const gated = gateDevice(device, gate);
+    await gated.write(Buffer.alloc(512), 0);
+    allowed = false;
+    await assert.rejects(gated.write(Buffer.alloc(512), 512), code('FENCED'));
+    assert.equal(gate.isOpen, false);
+    assert.deepEqual(issued, ['write']);
+    assert.equal(asked, 2);
+    allowed = true;
+    await assert.rejects(gated.write(Buffer.alloc(512), 0), code('FENCED'));
+  });
+});
