@@ -13,8 +13,8 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { checkOk } from './helpers/clvm.js';
 import {
-  type CliResult,
   type DaemonHandle,
   makeTemporaryDirectory,
   startDaemon,
@@ -75,11 +75,6 @@ const skip = skipReason();
 function expectSuccess(result: CommandResult): CommandResult {
   assert.ok(result.code === 0 && !result.timedOut, describeResult(result));
   return result;
-}
-
-function checkOk(result: CliResult, what: string): string {
-  assert.equal(result.code, 0, `${what} failed:\n${result.stdout}\n${result.stderr}`);
-  return result.stdout;
 }
 
 function runFileSystemCommand(command: string, args: readonly string[]): Promise<CommandResult> {

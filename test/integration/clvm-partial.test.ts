@@ -15,11 +15,9 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { openFileDevice } from '../../src/disk/file-device.js';
-import { type VgRead, readVgMetadata, scanDevices } from '../../src/clvm/metadata-store.js';
 import { rescanIntervalMs } from '../../src/server/volume-host.js';
+import { checkFails, checkOk, readVgOnDisk } from './helpers/clvm.js';
 import {
-  type CliResult,
   type DaemonHandle,
   makeTemporaryDirectory,
   startDaemon,
@@ -65,34 +63,6 @@ interface VersionRow {
   seqno: string | number;
   lastChange: string;
   lvCount: number;
-}
-
-function checkOk(result: CliResult, what: string): string {
-  assert.equal(result.code, 0, `${what} failed:\n${result.stdout}\n${result.stderr}`);
-  return result.stdout;
-}
-
-function checkFails(result: CliResult, pattern: RegExp, what: string): void {
-  assert.notEqual(result.code, 0, `${what} should fail:\n${result.stdout}`);
-  assert.match(result.stderr, pattern, `${what}:\n${result.stderr}`);
-}
-
-/** Reads the VG straight from the PV files in `directory` (not through the daemon). */
-async function readOnDisk(directory: string): Promise<VgRead> {
-  const paths = fs.readdirSync(directory).map((name) => path.join(directory, name));
-  const devices = await Promise.all(
-    paths.map(async (pvPath) => ({
-      path: pvPath,
-      device: await openFileDevice(pvPath, { readOnly: true }),
-    })),
-  );
-  try {
-    const scanned = await scanDevices(devices);
-    assert.equal(scanned.byVg.size, 1, 'one VG on the PVs');
-    return await readVgMetadata([...scanned.byVg.values()][0] ?? []);
-  } finally {
-    await Promise.all(devices.map(({ device }) => device.close()));
-  }
 }
 
 /** Flips bytes in the body of the record MDA 0's header names as committed. */
@@ -262,11 +232,11 @@ describe('partial VGs, history and damaged metadata', { skip, timeout: 240_000 }
       'no PV missing',
     );
     const pv2Uuid = (await pvs()).find((candidate) => candidate.path === pv(2))?.uuid;
-    const stale = await readOnDisk(pvDirectory);
+    const stale = await readVgOnDisk(pvDirectory);
     assert.deepEqual(stale.stalePvUuids, [pv2Uuid], 'pv2 missed the commits made without it');
     await qemuIo('x', ['write -P 0x5a 0 1M', 'read -P 0x5a 0 1M']);
     await cli(['lv', 'create', '-n', 'after', '-L', '4M', 'vg0'], 'a commit');
-    const repaired = await readOnDisk(pvDirectory);
+    const repaired = await readVgOnDisk(pvDirectory);
     assert.deepEqual(repaired.stalePvUuids, [], 'every copy is current again');
     assert.equal(repaired.copies.length, 6, 'two MDAs on each of the three PVs');
     for (const copy of repaired.copies) assert.equal(copy.seqno, repaired.metadata.seqno);
@@ -326,7 +296,7 @@ describe('partial VGs, history and damaged metadata', { skip, timeout: 240_000 }
     const seqno = Number((await vg()).seqno);
     await stop();
     damageCommittedRecord(pv(1));
-    const damaged = await readOnDisk(pvDirectory);
+    const damaged = await readVgOnDisk(pvDirectory);
     assert.equal(damaged.metadata.seqno, seqno, 'the reader takes another copy');
     const pv1Uuid = damaged.metadata.pvs.find((candidate) => candidate.deviceHint === pv(1))?.uuid;
     const bad = damaged.copies.filter((copy) => copy.seqno === undefined);
@@ -349,7 +319,7 @@ describe('partial VGs, history and damaged metadata', { skip, timeout: 240_000 }
     );
     await qemuIo('y', pattern);
     await cli(['lv', 'create', '-n', 'repair', '-L', '4M', 'vg0'], 'a commit');
-    const repaired = await readOnDisk(pvDirectory);
+    const repaired = await readVgOnDisk(pvDirectory);
     assert.deepEqual(repaired.stalePvUuids, [], 'the damaged copy was rewritten');
     for (const copy of repaired.copies) assert.equal(copy.seqno, seqno + 1);
   });

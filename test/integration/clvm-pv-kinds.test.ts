@@ -8,8 +8,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { checkFails, checkOk } from './helpers/clvm.js';
 import {
-  type CliResult,
   type DaemonHandle,
   makeTemporaryDirectory,
   startDaemon,
@@ -34,16 +34,6 @@ const skip =
     : process.getuid?.() !== 0
       ? 'needs root (losetup)'
       : false;
-
-function checkFails(result: CliResult, pattern: RegExp, what: string): void {
-  assert.notEqual(result.code, 0, `${what} should fail:\n${result.stdout}`);
-  assert.match(result.stderr, pattern, `${what}:\n${result.stderr}`);
-}
-
-function checkOk(result: CliResult, what: string): string {
-  assert.equal(result.code, 0, `${what} failed:\n${result.stdout}\n${result.stderr}`);
-  return result.stdout;
-}
 
 describe('a VG of a file, a loop device and an NBD-backed PV', { skip, timeout: 120_000 }, () => {
   const cleanup = new CleanupStack();

@@ -13,10 +13,9 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { openFileDevice } from '../../src/disk/file-device.js';
-import { readVgMetadata, scanDevices } from '../../src/clvm/metadata-store.js';
 import type { VgMetadata } from '../../src/clvm/types.js';
 import { validateVgMetadata } from '../../src/clvm/vg-operations.js';
+import { checkFails, checkOk, readVgOnDisk } from './helpers/clvm.js';
 import {
   type CliResult,
   type DaemonHandle,
@@ -58,16 +57,6 @@ interface LvRow {
   segment_details: string[];
 }
 
-function checkOk(result: CliResult, what: string): string {
-  assert.equal(result.code, 0, `${what} failed:\n${result.stdout}\n${result.stderr}`);
-  return result.stdout;
-}
-
-function checkFails(result: CliResult, pattern: RegExp, what: string): void {
-  assert.notEqual(result.code, 0, `${what} should fail:\n${result.stdout}`);
-  assert.match(result.stderr, pattern, `${what}:\n${result.stderr}`);
-}
-
 async function vgsOf(daemon: DaemonHandle): Promise<VgRow[]> {
   return (
     JSON.parse(checkOk(await daemon.runCli(['vg', 'list', '--json']), 'vg list')) as {
@@ -83,23 +72,7 @@ async function lvsOf(daemon: DaemonHandle): Promise<LvRow[]> {
 
 /** Reads the VG straight from the PV files (not through any daemon) and checks every invariant. */
 async function metadataOnDisk(pvDirectory: string): Promise<VgMetadata> {
-  const paths = fs.readdirSync(pvDirectory).map((name) => path.join(pvDirectory, name));
-  const devices = await Promise.all(
-    paths.map(async (pvPath) => ({
-      path: pvPath,
-      device: await openFileDevice(pvPath, { readOnly: true }),
-    })),
-  );
-  try {
-    const scanned = await scanDevices(devices);
-    assert.equal(scanned.byVg.size, 1, 'one VG on the PVs');
-    const handles = [...scanned.byVg.values()][0] ?? [];
-    const { metadata } = await readVgMetadata(handles);
-    validateVgMetadata(metadata);
-    return metadata;
-  } finally {
-    await Promise.all(devices.map(({ device }) => device.close()));
-  }
+  return validateVgMetadata((await readVgOnDisk(pvDirectory)).metadata);
 }
 
 describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () => {
