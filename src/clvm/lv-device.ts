@@ -30,9 +30,10 @@ import {
   type CopyMirrorOptions,
   type LvMirror,
   type MirrorTarget,
-  checkChunkBytes,
+  checkCopyShape,
   createMirror,
   mirrorChunkBytesDefault,
+  mirrorCopyDepthDefault,
   settleAll,
 } from './lv-mirror.js';
 import type { LvSegment } from './types.js';
@@ -302,7 +303,7 @@ export class LogicalVolumeDevice implements BlockDevice {
 
   /**
    * Copies the mirrored range from the source to the target while the LV is in use, then
-   * flushes the target. Holds one chunk buffer. Rejects between chunks with the signal's reason
+   * flushes the target. Holds `depth` chunk buffers. Rejects between chunks with the signal's reason
    * (an AbortError unless the caller gave another) when aborted, with DISK_IO once a mirrored
    * write to the target failed, and with FAILED_PRECONDITION when the mirror was stopped.
    */
@@ -312,11 +313,14 @@ export class LogicalVolumeDevice implements BlockDevice {
       throw new TandemError('FAILED_PRECONDITION', `${this.description} is not mirrored`);
     }
     const chunkBytes = options.chunkBytes ?? mirrorChunkBytesDefault;
-    checkChunkBytes(chunkBytes, Math.max(this.alignmentBytes, mirror.target.device.alignmentBytes));
+    const depth = options.depth ?? mirrorCopyDepthDefault;
+    const unitBytes = Math.max(this.alignmentBytes, mirror.target.device.alignmentBytes);
+    checkCopyShape(chunkBytes, depth, unitBytes);
     await this.drainRetiredMappings();
     await mirror.copy((buffer, offsetBytes) => this.read(buffer, offsetBytes), {
       ...options,
       chunkBytes,
+      depth,
     });
   }
 

@@ -3,11 +3,13 @@
  * place, every write to the run also goes to the target, so that when the copy ends the target
  * holds exactly what the source holds and the mapping can switch to it.
  *
- * The copy and the writes meet on a small range lock. The copier locks one chunk, waits for the
+ * The copy and the writes meet on a small range lock. The copier locks a chunk, waits for the
  * mirrored writes in flight on it, reads it from the source and writes it to the target, then
- * unlocks it. A write overlapping the locked chunk waits for the unlock before it starts. So a
+ * unlocks it. A write overlapping a locked chunk waits for the unlock before it starts. So a
  * write lands on the target either before the chunk is read (and the copy carries it) or after
- * the chunk was written (and the write itself carries it), never in between.
+ * the chunk was written (and the write itself carries it), never in between. A few chunks are
+ * copied at once (`depth`), each under its own lock, so that the source and the target are
+ * both busy: one chunk at a time left each device idle half of the time.
  *
  * Limitation: like any mirror, it keeps the copies identical only for writes that do not overlap
  * each other while in flight; the order of overlapping concurrent writes is undefined on one disk
@@ -35,15 +37,18 @@ export interface MirrorTarget {
 }
 
 export interface CopyMirrorOptions {
-  /** The copy unit, and the size of the one buffer the copy uses (default 1 MiB). */
+  /** The copy unit, and the size of each of the copy's buffers (default 1 MiB). */
   readonly chunkBytes?: number;
+  /** Chunks copied at once (default 4); the copy holds depth × chunkBytes of memory. */
+  readonly depth?: number;
   readonly onProgress?: (copiedBytes: number, totalBytes: number) => void;
   readonly signal?: AbortSignal;
 }
 
 export const mirrorChunkBytesDefault = 1024 * 1024;
-/** The largest copy chunk: the memory a copy may hold. */
-export const mirrorChunkBytesMax = 32 * 1024 * 1024;
+export const mirrorCopyDepthDefault = 4;
+/** The memory a copy may hold: chunk size times depth. */
+export const mirrorCopyBytesMax = 32 * 1024 * 1024;
 
 /** Where the mirrored part of a write goes: target bytes, and its place in the request. */
 export interface MirroredPart {
@@ -59,18 +64,23 @@ interface MirrorWrite {
   readonly endBytes: number;
 }
 
+/** A chunk the copier holds: LV bytes [startBytes, endBytes). */
+interface LockedChunk {
+  readonly startBytes: number;
+  readonly endBytes: number;
+  /** Called when the admitted writes no longer overlap the chunk. */
+  quietWaiter: (() => void) | undefined;
+}
+
 export class LvMirror {
   /** Set by the first target write that failed: the copy is no longer trustworthy. */
   private failure: unknown = undefined;
   private stopped = false;
   private copying = false;
-  /** The chunk the copier holds; empty when start equals end. */
-  private lockedStartBytes = 0;
-  private lockedEndBytes = 0;
+  /** The chunks the copier holds. */
+  private readonly locked = new Set<LockedChunk>();
   private unlockWaiters: (() => void)[] = [];
   private readonly admitted = new Set<MirrorWrite>();
-  /** Called when the admitted writes no longer overlap the locked chunk. */
-  private quietWaiter: (() => void) | undefined;
   /** Mirrored writes issued and not finished, waiting for the lock or admitted. */
   private pendingCount = 0;
   private idleWaiters: (() => void)[] = [];
@@ -102,7 +112,7 @@ export class LvMirror {
     this.pendingCount++;
     let admitted: MirrorWrite | undefined;
     try {
-      while (startBytes < this.lockedEndBytes && endBytes > this.lockedStartBytes) {
+      while (this.overlapsLockedChunk(startBytes, endBytes)) {
         await new Promise<void>((resolve) => this.unlockWaiters.push(resolve));
       }
       admitted = { startBytes, endBytes };
@@ -116,7 +126,7 @@ export class LvMirror {
     } finally {
       if (admitted !== undefined) {
         this.admitted.delete(admitted);
-        if (this.quietWaiter !== undefined && !this.busyInLockedChunk()) this.quietWaiter();
+        this.wakeQuietChunks();
       }
       this.pendingCount--;
       if (this.pendingCount === 0) wakeAll(this.idleWaiters);
@@ -162,7 +172,9 @@ export class LvMirror {
 
   /**
    * Copies the mirrored range from the source (`readSource` reads LV bytes through the current
-   * mapping) to the target, chunk by chunk under the range lock, then flushes the target.
+   * mapping) to the target, `depth` chunks at a time, each under the range lock, then flushes
+   * the target. Stops taking new chunks at the first failure, waits for the chunks in flight,
+   * then rejects with that failure.
    */
   async copy(
     readSource: (buffer: Buffer, offsetBytes: number) => Promise<void>,
@@ -170,20 +182,41 @@ export class LvMirror {
   ): Promise<void> {
     const totalBytes = this.endBytes - this.startBytes;
     const chunkBytes = Math.min(options.chunkBytes ?? mirrorChunkBytesDefault, totalBytes);
+    const depth = Math.min(
+      options.depth ?? mirrorCopyDepthDefault,
+      Math.ceil(totalBytes / chunkBytes),
+    );
     if (this.copying) {
       throw new TandemError('FAILED_PRECONDITION', `a copy of ${this.description} already runs`);
     }
     this.copying = true;
     try {
-      const chunk = Buffer.alloc(chunkBytes);
-      for (let positionBytes = this.startBytes; positionBytes < this.endBytes;) {
-        options.signal?.throwIfAborted();
-        this.checkUsable();
-        const lengthBytes = Math.min(chunkBytes, this.endBytes - positionBytes);
-        await this.copyChunk(chunk.subarray(0, lengthBytes), positionBytes, readSource);
-        positionBytes += lengthBytes;
-        options.onProgress?.(positionBytes - this.startBytes, totalBytes);
-      }
+      let nextBytes = this.startBytes;
+      let copiedBytes = 0;
+      const copier = async (): Promise<void> => {
+        const chunk = Buffer.alloc(chunkBytes);
+        while (nextBytes < this.endBytes) {
+          options.signal?.throwIfAborted();
+          this.checkUsable();
+          const positionBytes = nextBytes;
+          const lengthBytes = Math.min(chunkBytes, this.endBytes - positionBytes);
+          nextBytes += lengthBytes;
+          await this.copyChunk(chunk.subarray(0, lengthBytes), positionBytes, readSource);
+          copiedBytes += lengthBytes;
+          options.onProgress?.(copiedBytes, totalBytes);
+        }
+      };
+      const copiers: Promise<void>[] = [];
+      for (let index = 0; index < depth; index++) copiers.push(copier());
+      // A failed copier ends the copy: the others stop before their next chunk.
+      await settleAll(
+        copiers.map((running) =>
+          running.catch((error: unknown) => {
+            nextBytes = this.endBytes;
+            throw error;
+          }),
+        ),
+      );
       await this.target.device.flush();
       this.checkUsable();
     } finally {
@@ -196,30 +229,47 @@ export class LvMirror {
     positionBytes: number,
     readSource: (buffer: Buffer, offsetBytes: number) => Promise<void>,
   ): Promise<void> {
-    this.lockedStartBytes = positionBytes;
-    this.lockedEndBytes = positionBytes + buffer.length;
+    const chunk: LockedChunk = {
+      startBytes: positionBytes,
+      endBytes: positionBytes + buffer.length,
+      quietWaiter: undefined,
+    };
+    this.locked.add(chunk);
     try {
-      if (this.busyInLockedChunk()) {
-        await new Promise<void>((resolve) => (this.quietWaiter = resolve));
+      if (this.busyIn(chunk)) {
+        await new Promise<void>((resolve) => (chunk.quietWaiter = resolve));
       }
-      this.quietWaiter = undefined;
+      chunk.quietWaiter = undefined;
       await readSource(buffer, positionBytes);
       await this.writeTarget(buffer, this.target.offsetBytes + (positionBytes - this.startBytes));
     } finally {
-      this.quietWaiter = undefined;
-      this.lockedStartBytes = 0;
-      this.lockedEndBytes = 0;
+      this.locked.delete(chunk);
       wakeAll(this.unlockWaiters);
     }
   }
 
-  private busyInLockedChunk(): boolean {
-    for (const write of this.admitted) {
-      if (write.startBytes < this.lockedEndBytes && write.endBytes > this.lockedStartBytes) {
-        return true;
-      }
+  private overlapsLockedChunk(startBytes: number, endBytes: number): boolean {
+    for (const chunk of this.locked) {
+      if (startBytes < chunk.endBytes && endBytes > chunk.startBytes) return true;
     }
     return false;
+  }
+
+  private busyIn(chunk: LockedChunk): boolean {
+    for (const write of this.admitted) {
+      if (write.startBytes < chunk.endBytes && write.endBytes > chunk.startBytes) return true;
+    }
+    return false;
+  }
+
+  private wakeQuietChunks(): void {
+    for (const chunk of this.locked) {
+      const wake = chunk.quietWaiter;
+      if (wake !== undefined && !this.busyIn(chunk)) {
+        chunk.quietWaiter = undefined;
+        wake();
+      }
+    }
   }
 
   private checkUsable(): void {
@@ -278,17 +328,22 @@ export function createMirror(
   return new LvMirror(lv.description, startBytes, startBytes + lengthBytes, target);
 }
 
-/** A copy chunk is whole units of both devices and bounded (it is the copy's memory). */
-export function checkChunkBytes(chunkBytes: number, unitBytes: number): void {
-  if (
-    !Number.isSafeInteger(chunkBytes) ||
-    chunkBytes <= 0 ||
-    chunkBytes > mirrorChunkBytesMax ||
-    chunkBytes % unitBytes !== 0
-  ) {
+/**
+ * A copy chunk is whole units of both devices; chunk times depth (the copy's memory) is bounded.
+ */
+export function checkCopyShape(chunkBytes: number, depth: number, unitBytes: number): void {
+  const details = { chunkBytes, depth, unitBytes, copyBytesMax: mirrorCopyBytesMax };
+  if (!Number.isSafeInteger(chunkBytes) || chunkBytes <= 0 || chunkBytes % unitBytes !== 0) {
     throw new TandemError('DISK_INVALID_ARGUMENT', `bad mirror copy chunk ${chunkBytes}`, {
-      details: { chunkBytes, unitBytes, chunkBytesMax: mirrorChunkBytesMax },
+      details,
     });
+  }
+  if (!Number.isSafeInteger(depth) || depth < 1 || chunkBytes * depth > mirrorCopyBytesMax) {
+    throw new TandemError(
+      'DISK_INVALID_ARGUMENT',
+      `bad mirror copy depth ${depth} (${depth} chunks of ${chunkBytes} bytes)`,
+      { details },
+    );
   }
 }
 

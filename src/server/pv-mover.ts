@@ -25,6 +25,8 @@ import {
   beginMoveStep,
   finishMoveStep,
   abortMoveStep,
+  moveStepExtentsDefault,
+  moveStepExtentsMax,
 } from '../clvm/move-planner.js';
 import type { PvMoveRecord, VgMetadata } from '../clvm/types.js';
 import { findLvByUuid, pvUsedExtents } from '../clvm/vg-queries.js';
@@ -34,15 +36,12 @@ import type { VgEntry, VolumeHost } from './volume-host.js';
 import type { VolumeOperations } from './volume-operations.js';
 
 /**
- * Extents per step: the most a crash makes the move copy again. Each step costs two commits,
- * so larger steps move faster (bench/clvm).
- */
-export const moveStepExtentsMax = 32;
-/**
  * The copy's chunk: writes to the chunk being copied wait for it, so this bounds the extra
  * latency a VM sees; larger chunks copy faster (fewer round trips through the thread pool).
  */
 export const moveChunkBytes = 4 * 1024 * 1024;
+/** Chunks copied at once, so that reading the source and writing the target overlap. */
+export const moveCopyDepth = 4;
 /** Progress is reported at most this often during a step. */
 const progressIntervalMs = 250;
 
@@ -71,10 +70,18 @@ export class PvMover {
 
   async move(
     pvPath: string,
-    toPaths: readonly string[],
+    options: { readonly toPaths: readonly string[]; readonly stepExtents?: number },
     onProgress: (progress: MoveProgressReport) => void,
     signal: AbortSignal,
   ): Promise<MoveProgressReport> {
+    const { toPaths } = options;
+    const stepExtents = options.stepExtents ?? moveStepExtentsDefault;
+    if (!Number.isSafeInteger(stepExtents) || stepExtents < 1 || stepExtents > moveStepExtentsMax) {
+      throw new TandemError(
+        'INVALID_ARGUMENT',
+        `step extents must be 1 to ${moveStepExtentsMax}, not ${stepExtents}`,
+      );
+    }
     const host = this.parts.host();
     const entry = host
       .list()
@@ -94,7 +101,12 @@ export class PvMover {
     }
     this.running.add(entry.vg.uuid);
     try {
-      return await this.moveAll(entry, sourcePvUuid, targetPvUuids, onProgress, signal);
+      return await this.moveAll(
+        entry,
+        { sourcePvUuid, targetPvUuids, stepExtents },
+        onProgress,
+        signal,
+      );
     } finally {
       this.running.delete(entry.vg.uuid);
     }
@@ -109,11 +121,15 @@ export class PvMover {
 
   private async moveAll(
     entry: VgEntry,
-    sourcePvUuid: string,
-    targetPvUuids: readonly string[],
+    plan: {
+      readonly sourcePvUuid: string;
+      readonly targetPvUuids: readonly string[];
+      readonly stepExtents: number;
+    },
     onProgress: (progress: MoveProgressReport) => void,
     signal: AbortSignal,
   ): Promise<MoveProgressReport> {
+    const { sourcePvUuid, targetPvUuids } = plan;
     await entry.vg.refresh();
     const pending = entry.vg.metadata.move;
     if (pending !== undefined && pending.sourcePvUuid !== sourcePvUuid) {
@@ -147,7 +163,7 @@ export class PvMover {
         const planned = planMoveStep(entry.vg.metadata, {
           sourcePvUuid,
           targetPvUuids,
-          maxStepExtents: moveStepExtentsMax,
+          maxStepExtents: plan.stepExtents,
           totalExtentCount: total,
           missingPvUuids: entry.vg.missingPvUuids(),
         });
@@ -251,6 +267,7 @@ export class PvMover {
     try {
       await device.copyMirror({
         chunkBytes: Math.min(moveChunkBytes, step.extentCount * extentSizeBytes),
+        depth: moveCopyDepth,
         signal,
         onProgress: (copiedBytes) => {
           const nowMs = performance.now();

@@ -342,7 +342,8 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
       { cwd: directory },
     );
     cleanup.defer('stop fio', () => fio.stop());
-    const moved = await a.runCli(['pv', 'move', source.deviceHint]);
+    // Small steps: several checkpoints while fio writes.
+    const moved = await a.runCli(['pv', 'move', source.deviceHint, '--step-extents', '4']);
     checkOk(moved, 'pv move');
     const exit = await fio.waitForExit(120_000);
     assert.equal(exit.code, 0, fio.stderr());
@@ -387,7 +388,7 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
 
     const move = startBackground(
       process.execPath,
-      [cliBin, '--server', a.grpcAddress, 'pv', 'move', source.deviceHint],
+      [cliBin, '--server', a.grpcAddress, 'pv', 'move', source.deviceHint, '--step-extents', '16'],
       { cwd: directory },
     );
     cleanup.defer('stop pv move', () => move.stop());

@@ -88,11 +88,23 @@ describe('tandem pv move', () => {
       for (const step of steps) call.write(step);
       call.end();
     });
-    const result = await runCli(['pv', 'move', '/dev/sdb', '--to', '/dev/sdc', 'sdd']);
+    const result = await runCli([
+      'pv',
+      'move',
+      '/dev/sdb',
+      '--to',
+      '/dev/sdc',
+      'sdd',
+      '--step-extents',
+      '16',
+    ]);
     assert.equal(result.code, 0, result.stderr);
     assert.deepEqual(daemon.requests('MovePv'), [
-      { path: '/dev/sdb', toPaths: ['/dev/sdc', path.resolve('sdd')] },
+      { path: '/dev/sdb', toPaths: ['/dev/sdc', path.resolve('sdd')], stepExtents: 16 },
     ]);
+    const refused = await runCli(['pv', 'move', '/dev/sdb', '--step-extents', '0']);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /--step-extents.*expected an integer in 1\.\.4096/);
     const lines = result.stderr.trimEnd().split('\n');
     // Four updates within a second: the first and the last (done) are shown.
     assert.equal(lines[0], '  0% 0 B of 2.0 GiB (0/512 extents) vg0/disk1');

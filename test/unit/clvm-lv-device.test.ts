@@ -629,6 +629,34 @@ describe('LV mirror (PV evacuation)', () => {
     await lv.stopMirror();
   });
 
+  it('copies depth chunks at once, and a write waits only for the chunk it overlaps', async () => {
+    const { lv, source, target, targetBase } = setup(70);
+    const initial = pattern(lv.sizeBytes, 71);
+    await lv.write(initial, 0);
+    lv.startMirror({ lvExtentStart: 1, extentCount: 4, target });
+    const stall = source.pv.stall({ match: { kinds: ['read'] } });
+    const copy = lv.copyMirror({ chunkBytes: 64 * kibibyte, depth: 3 });
+    await stall.waitForStalled(3);
+    // A write into the third locked chunk waits; one past the locked chunks does not.
+    const blocked = pattern(4096, 72);
+    let blockedDone = false;
+    const blockedWrite = lv
+      .write(blocked, extentSizeBytes + 128 * kibibyte)
+      .then(() => (blockedDone = true));
+    const free = pattern(4096, 73);
+    await lv.write(free, extentSizeBytes + 256 * kibibyte);
+    assert.equal(blockedDone, false, 'a write into a locked chunk waits for its copy');
+    stall.release();
+    await copy;
+    await blockedWrite;
+    const expected = Buffer.from(initial.subarray(extentSizeBytes, extentSizeBytes + mirrorBytes));
+    blocked.copy(expected, 128 * kibibyte);
+    free.copy(expected, 256 * kibibyte);
+    const targetBytes = await readAll(targetBase, targetOffsetBytes, mirrorBytes);
+    assert.ok(targetBytes.equals(expected), 'the target holds the copy and both writes');
+    await lv.stopMirror();
+  });
+
   it('stops between chunks when aborted, and mirrors nothing after stopMirror', async () => {
     const { lv, target, targetBase } = setup(30);
     await lv.write(pattern(lv.sizeBytes, 5), 0);
@@ -637,6 +665,7 @@ describe('LV mirror (PV evacuation)', () => {
     let chunks = 0;
     const copy = lv.copyMirror({
       chunkBytes: 128 * kibibyte,
+      depth: 1,
       signal: controller.signal,
       onProgress: () => {
         chunks++;
@@ -674,7 +703,7 @@ describe('LV mirror (PV evacuation)', () => {
     await lv.stopMirror();
   });
 
-  it('refuses a second mirror, a bad range, and a bad chunk size', async () => {
+  it('refuses a second mirror, a bad range, and a bad chunk size or depth', async () => {
     const { lv, target } = setup(50);
     await expectCode(lv.copyMirror(), 'FAILED_PRECONDITION');
     assert.throws(
@@ -687,6 +716,11 @@ describe('LV mirror (PV evacuation)', () => {
       isCode('FAILED_PRECONDITION'),
     );
     await expectCode(lv.copyMirror({ chunkBytes: 0 }), 'DISK_INVALID_ARGUMENT');
+    await expectCode(lv.copyMirror({ depth: 0 }), 'DISK_INVALID_ARGUMENT');
+    await expectCode(
+      lv.copyMirror({ chunkBytes: 16 * 1024 * kibibyte, depth: 4 }),
+      'DISK_INVALID_ARGUMENT',
+    );
     await lv.stopMirror();
   });
 });

@@ -10,10 +10,12 @@ import type { MoveProgress__Output } from '../../generated/tandem/v1/MoveProgres
 import type { PhysicalVolumesClient } from '../../generated/tandem/v1/PhysicalVolumes.js';
 import type { Pv__Output } from '../../generated/tandem/v1/Pv.js';
 import type { RemovePvResponse__Output } from '../../generated/tandem/v1/RemovePvResponse.js';
+import { moveStepExtentsDefault, moveStepExtentsMax } from '../../clvm/move-planner.js';
 import { type ApiConnection, CliError } from '../api.js';
 import { type CliContext, printJson } from '../context.js';
 import { type Column, formatBytes, formatTable, jsonUint64, parseUint64 } from '../output.js';
 import { ProgressReporter, type ProgressStep } from '../progress.js';
+import { integerOption } from './lockspace.js';
 
 /**
  * A PV argument as the daemon should open it: a URI (nbd://…) as given, a relative path
@@ -147,10 +149,19 @@ function registerPvMoveCommand(group: Command, context: CliContext): void {
     .description('move every extent off a PV, online; Ctrl-C stops after the current step')
     .argument('<path>', 'the PV to empty')
     .option('--to <paths...>', 'PVs of the same VG to move to (default: any with free extents)')
-    .action(async (pathText: string, options: { to?: string[] }) => {
+    .option(
+      '--step-extents <count>',
+      `extents copied between checkpoints: the most a crash makes the move copy again (default ${moveStepExtentsDefault})`,
+      integerOption(1, moveStepExtentsMax),
+    )
+    .action(async (pathText: string, options: { to?: string[]; stepExtents?: number }) => {
       const connection = context.connection();
       const client = pvClient(connection);
-      const request = { path: pvPath(pathText), toPaths: (options.to ?? []).map(pvPath) };
+      const request = {
+        path: pvPath(pathText),
+        toPaths: (options.to ?? []).map(pvPath),
+        stepExtents: options.stepExtents ?? 0,
+      };
       const interrupted = context.interrupted();
       const reporter = new ProgressReporter(context.stderr, () => Date.now());
       const lvNames = new Set<string>();

@@ -78,15 +78,24 @@ export function physicalVolumesHandlers(
     ),
     MovePv: serverStreamHandler<
       MovePvRequest__Output,
-      { path: string; toPaths: string[] },
+      { path: string; toPaths: string[]; stepExtents: number | undefined },
       MoveProgress
     >(
       { logger, method: 'PhysicalVolumes.MovePv', streams: dependencies.streams },
-      (request) => ({ path: requiredText(request.path, 'path'), toPaths: request.toPaths }),
+      (request) => ({
+        path: requiredText(request.path, 'path'),
+        toPaths: request.toPaths,
+        stepExtents: request.stepExtents === 0 ? undefined : request.stepExtents,
+      }),
       (request, sink) => {
         const controller = new AbortController();
         dependencies.mover
-          .move(request.path, request.toPaths, (progress) => sink.send(progress), controller.signal)
+          .move(
+            request.path,
+            { toPaths: request.toPaths, stepExtents: request.stepExtents },
+            (progress) => sink.send(progress),
+            controller.signal,
+          )
           .then((last) => {
             sink.send({ ...last, done: true });
             sink.fail(undefined);
