@@ -25,11 +25,12 @@ import type {
 } from '../disk/block-device.js';
 import { checkDataRange, checkRange, checkStatusRange, closedError } from '../disk/checks.js';
 import { TandemError } from '../errors.js';
-import { LvMappingTable, MappedRun, type PvResolver } from './lv-mapping.js';
+import { LvMappingTable, MappedRun, type PvRange, type PvResolver } from './lv-mapping.js';
 import {
   type CopyMirrorOptions,
   type LvMirror,
   type MirrorTarget,
+  type SourcePart,
   checkCopyShape,
   createMirror,
   mirrorChunkBytesDefault,
@@ -56,8 +57,14 @@ export interface LogicalVolumeDeviceOptions {
 }
 
 export interface StartMirrorOptions {
+  /** The LV extents the run belongs to (for a striped segment: whole rows of it). */
   readonly lvExtentStart: number;
   readonly extentCount: number;
+  /**
+   * The PV whose part of those extents moves: the run is the one range of the extents on it.
+   * Optional when the extents map to one range of one PV.
+   */
+  readonly pvUuid?: string;
   readonly target: MirrorTarget;
 }
 
@@ -105,6 +112,9 @@ export class LogicalVolumeDevice implements BlockDevice {
   private generation: MappingGeneration;
   private retired: MappingGeneration[] = [];
   private mirror: LvMirror | undefined;
+  /** LV bytes that may touch the mirrored run: a quick test before any translation. */
+  private mirrorLvStartBytes = 0;
+  private mirrorLvEndBytes = 0;
   private closed = false;
   /** The hot path's translation scratch: filled and read without an await in between. */
   private readonly run = new MappedRun();
@@ -167,19 +177,25 @@ export class LogicalVolumeDevice implements BlockDevice {
     if (refusal !== undefined) return Promise.reject(refusal);
     if (buffer.length === 0) return Promise.resolve();
     const mirror = this.mirror;
-    if (mirror !== undefined && mirror.overlaps(offsetBytes, buffer.length)) {
+    if (mirror !== undefined && this.mayTouchMirror(offsetBytes, buffer.length)) {
       const table = generation.table;
-      const mirrored = mirror.runWrite(offsetBytes, buffer.length, (target) =>
-        settleAll([
-          this.writeOn(table, buffer, offsetBytes, options),
-          mirror.writeTarget(
-            buffer.subarray(target.requestOffsetBytes, target.requestEndBytes),
-            target.offsetBytes,
-            options,
-          ),
-        ]),
-      );
-      return generation.track(mirrored);
+      const parts = this.mirroredParts(mirror, table, offsetBytes, buffer.length, true);
+      if (parts instanceof Error) return Promise.reject(parts);
+      if (parts.length > 0) {
+        const mirrored = mirror.runWrite(parts, (targets) =>
+          settleAll([
+            this.writeOn(table, buffer, offsetBytes, options),
+            ...targets.map((target) =>
+              mirror.writeTarget(
+                buffer.subarray(target.requestOffsetBytes, target.requestEndBytes),
+                target.offsetBytes,
+                options,
+              ),
+            ),
+          ]),
+        );
+        return generation.track(mirrored);
+      }
     }
     return generation.track(this.writeOn(generation.table, buffer, offsetBytes, options));
   }
@@ -198,7 +214,7 @@ export class LogicalVolumeDevice implements BlockDevice {
     if (
       device?.writeGathered !== undefined &&
       run.holds(lengthBytes, device) &&
-      this.mirror?.overlaps(offsetBytes, lengthBytes) !== true
+      (this.mirror === undefined || !this.mayTouchMirror(offsetBytes, lengthBytes))
     ) {
       return generation.track(device.writeGathered(pieces, run.pvOffsetBytes, options));
     }
@@ -225,11 +241,19 @@ export class LogicalVolumeDevice implements BlockDevice {
         device.discard(pvOffsetBytes, length, options),
       );
     const mirror = this.mirror;
-    if (mirror === undefined || !mirror.overlaps(offsetBytes, lengthBytes)) {
+    if (mirror === undefined || !this.mayTouchMirror(offsetBytes, lengthBytes)) {
       return generation.track(source());
     }
-    const mirrored = mirror.runWrite(offsetBytes, lengthBytes, (target) =>
-      settleAll([source(), mirror.discardTarget(target.offsetBytes, target.lengthBytes, options)]),
+    const parts = this.mirroredParts(mirror, table, offsetBytes, lengthBytes, false);
+    if (parts instanceof Error) return Promise.reject(parts);
+    if (parts.length === 0) return generation.track(source());
+    const mirrored = mirror.runWrite(parts, (targets) =>
+      settleAll([
+        source(),
+        ...targets.map((target) =>
+          mirror.discardTarget(target.offsetBytes, target.lengthBytes, options),
+        ),
+      ]),
     );
     return generation.track(mirrored);
   }
@@ -250,11 +274,19 @@ export class LogicalVolumeDevice implements BlockDevice {
         device.writeZeroes(pvOffsetBytes, length, options),
       );
     const mirror = this.mirror;
-    if (mirror === undefined || !mirror.overlaps(offsetBytes, lengthBytes)) {
+    if (mirror === undefined || !this.mayTouchMirror(offsetBytes, lengthBytes)) {
       return generation.track(source());
     }
-    const mirrored = mirror.runWrite(offsetBytes, lengthBytes, async (target) => {
-      const zeroTarget = () => mirror.zeroTarget(target.offsetBytes, target.lengthBytes, options);
+    const parts = this.mirroredParts(mirror, table, offsetBytes, lengthBytes, false);
+    if (parts instanceof Error) return Promise.reject(parts);
+    if (parts.length === 0) return generation.track(source());
+    const mirrored = mirror.runWrite(parts, async (targets) => {
+      const zeroTarget = () =>
+        settleAll(
+          targets.map((target) =>
+            mirror.zeroTarget(target.offsetBytes, target.lengthBytes, options),
+          ),
+        );
       if (options?.fastOnly !== true) return settleAll([source(), zeroTarget()]);
       // The source may still refuse a fast zero: the target (never fast-only) must not go first.
       await source();
@@ -287,22 +319,55 @@ export class LogicalVolumeDevice implements BlockDevice {
   }
 
   /**
-   * From now on, every write, write zeroes and discard touching the LV extents
-   * [lvExtentStart, lvExtentStart + extentCount) also goes to the target. Reads still come from
-   * the source. Requests already in flight are not mirrored: copyMirror waits for them.
+   * From now on, every write, write zeroes and discard touching the run (the part of LV extents
+   * [lvExtentStart, lvExtentStart + extentCount) on PV `pvUuid`) also goes to the target. Reads
+   * still come from the source. Requests already in flight are not mirrored: copyMirror waits
+   * for them.
    */
   startMirror(options: StartMirrorOptions): void {
     this.checkOpen();
     if (this.mirror !== undefined) {
       throw new TandemError('FAILED_PRECONDITION', `${this.description} is already mirrored`);
     }
-    this.mirror = createMirror(this, options.lvExtentStart, options.extentCount, options.target);
+    const { lvExtentStart, extentCount } = options;
+    const startBytes = lvExtentStart * this.extentSizeBytes;
+    const lengthBytes = extentCount * this.extentSizeBytes;
+    const details = { lvExtentStart, extentCount, pvUuid: options.pvUuid };
+    if (!Number.isSafeInteger(lvExtentStart) || lvExtentStart < 0 || !(extentCount > 0)) {
+      throw new TandemError('DISK_INVALID_ARGUMENT', 'bad mirror extent range', { details });
+    }
+    checkRange(this, startBytes, lengthBytes, false);
+    let ranges: PvRange[] = this.generation.table.ranges(startBytes, lengthBytes);
+    if (options.pvUuid !== undefined) {
+      const device = this.resolvePv(options.pvUuid)?.device;
+      if (device === undefined) {
+        throw new TandemError('DISK_GONE', `PV ${options.pvUuid} of the mirror is missing`, {
+          details,
+        });
+      }
+      ranges = ranges.filter((range) => range.device === device);
+    }
+    const run = ranges[0];
+    if (run === undefined || ranges.length > 1) {
+      throw new TandemError(
+        'DISK_INVALID_ARGUMENT',
+        `extents ${lvExtentStart}+${extentCount} of ${this.description} are not one run on one PV`,
+        { details: { ...details, runCount: ranges.length } },
+      );
+    }
+    this.mirror = createMirror(
+      this,
+      { device: run.device, offsetBytes: run.pvOffsetBytes, lengthBytes: run.lengthBytes },
+      options.target,
+    );
+    this.mirrorLvStartBytes = startBytes;
+    this.mirrorLvEndBytes = startBytes + lengthBytes;
     // A new generation, so that the copy can wait for the requests issued before the mirror.
     this.replaceGeneration(this.generation.table);
   }
 
   /**
-   * Copies the mirrored range from the source to the target while the LV is in use, then
+   * Copies the mirrored run from the source PV to the target while the LV is in use, then
    * flushes the target. Holds `depth` chunk buffers. Rejects between chunks with the signal's reason
    * (an AbortError unless the caller gave another) when aborted, with DISK_IO once a mirrored
    * write to the target failed, and with FAILED_PRECONDITION when the mirror was stopped.
@@ -317,11 +382,7 @@ export class LogicalVolumeDevice implements BlockDevice {
     const unitBytes = Math.max(this.alignmentBytes, mirror.target.device.alignmentBytes);
     checkCopyShape(chunkBytes, depth, unitBytes);
     await this.drainRetiredMappings();
-    await mirror.copy((buffer, offsetBytes) => this.read(buffer, offsetBytes), {
-      ...options,
-      chunkBytes,
-      depth,
-    });
+    await mirror.copy({ ...options, chunkBytes, depth });
   }
 
   /**
@@ -332,8 +393,56 @@ export class LogicalVolumeDevice implements BlockDevice {
   async stopMirror(): Promise<void> {
     const mirror = this.mirror;
     this.mirror = undefined;
+    this.mirrorLvStartBytes = 0;
+    this.mirrorLvEndBytes = 0;
     if (mirror !== undefined) await mirror.stop();
     await this.drainRetiredMappings();
+  }
+
+  private mayTouchMirror(offsetBytes: number, lengthBytes: number): boolean {
+    return (
+      offsetBytes < this.mirrorLvEndBytes && offsetBytes + lengthBytes > this.mirrorLvStartBytes
+    );
+  }
+
+  /**
+   * The parts of a request on `table` that land on the mirrored run, in source PV bytes; an
+   * Error (DISK_GONE) when part of the request maps to a missing PV. Requests without data
+   * (`withData` false) need no place in the request: their parts say 0.
+   */
+  private mirroredParts(
+    mirror: LvMirror,
+    table: LvMappingTable,
+    offsetBytes: number,
+    lengthBytes: number,
+    withData: boolean,
+  ): SourcePart[] | Error {
+    try {
+      const device = mirror.source.device;
+      const onSource: SourcePart[] = [];
+      if (withData) {
+        for (const piece of table.pieces(offsetBytes, lengthBytes, true)) {
+          if (piece.device !== device) continue;
+          onSource.push({
+            offsetBytes: piece.pvOffsetBytes,
+            lengthBytes: piece.lengthBytes,
+            requestOffsetBytes: piece.requestOffsetBytes,
+          });
+        }
+      } else {
+        for (const range of table.ranges(offsetBytes, lengthBytes)) {
+          if (range.device !== device) continue;
+          onSource.push({
+            offsetBytes: range.pvOffsetBytes,
+            lengthBytes: range.lengthBytes,
+            requestOffsetBytes: 0,
+          });
+        }
+      }
+      return mirror.clip(onSource);
+    } catch (error) {
+      return error instanceof Error ? error : new Error(String(error));
+    }
   }
 
   private buildTable(segments: readonly LvSegment[]): LvMappingTable {

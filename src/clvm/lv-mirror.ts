@@ -1,7 +1,11 @@
 /**
- * The mirror of a PV evacuation (pv move): while a run of an LV's extents is copied to its new
- * place, every write to the run also goes to the target, so that when the copy ends the target
- * holds exactly what the source holds and the mapping can switch to it.
+ * The mirror of a PV evacuation (pv move): while a run of extents of one LV area is copied from
+ * the source PV to its new place, every write to the run also goes to the target, so that when
+ * the copy ends the target holds exactly what the source holds and the mapping can switch to it.
+ *
+ * The mirror works on source PV bytes, not LV bytes: the run of a linear segment is a range of
+ * LV bytes, but the run of one area of a striped segment is every Nth stripe chunk of the LV.
+ * The LV device translates each write into the parts of it that land on the run (`SourcePart`).
  *
  * The copy and the writes meet on a small range lock. The copier locks a chunk, waits for the
  * mirrored writes in flight on it, reads it from the source and writes it to the target, then
@@ -25,15 +29,25 @@ import type {
 import { checkRange } from '../disk/checks.js';
 import { TandemError } from '../errors.js';
 
-/** What a mirror needs to know of its LV. */
-export interface LogicalVolumeLike extends BlockDevice {
-  readonly extentSizeBytes: number;
-}
-
 export interface MirrorTarget {
   readonly device: BlockDevice;
-  /** The target byte of the mirror's first LV byte. */
+  /** The target byte of the run's first byte. */
   readonly offsetBytes: number;
+}
+
+/** The run being moved: source PV bytes [offsetBytes, offsetBytes + lengthBytes). */
+export interface MirrorSource {
+  readonly device: BlockDevice;
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+}
+
+/** The part of a request that lands on the run: `lengthBytes` at source PV byte `offsetBytes`. */
+export interface SourcePart {
+  readonly offsetBytes: number;
+  readonly lengthBytes: number;
+  /** Where the part starts in the request. */
+  readonly requestOffsetBytes: number;
 }
 
 export interface CopyMirrorOptions {
@@ -50,7 +64,7 @@ export const mirrorCopyDepthDefault = 4;
 /** The memory a copy may hold: chunk size times depth. */
 export const mirrorCopyBytesMax = 32 * 1024 * 1024;
 
-/** Where the mirrored part of a write goes: target bytes, and its place in the request. */
+/** Where a mirrored part of a write goes: target bytes, and its place in the request. */
 export interface MirroredPart {
   readonly offsetBytes: number;
   readonly lengthBytes: number;
@@ -58,13 +72,10 @@ export interface MirroredPart {
   readonly requestEndBytes: number;
 }
 
-/** A mirrored write admitted past the lock: [startBytes, endBytes) in LV bytes. */
-interface MirrorWrite {
-  readonly startBytes: number;
-  readonly endBytes: number;
-}
+/** A mirrored write admitted past the lock: its parts, in source PV bytes. */
+type MirrorWrite = readonly SourcePart[];
 
-/** A chunk the copier holds: LV bytes [startBytes, endBytes). */
+/** A chunk the copier holds: source PV bytes [startBytes, endBytes). */
 interface LockedChunk {
   readonly startBytes: number;
   readonly endBytes: number;
@@ -85,44 +96,60 @@ export class LvMirror {
   private pendingCount = 0;
   private idleWaiters: (() => void)[] = [];
 
+  /** Source PV bytes [startBytes, endBytes) are mirrored. */
+  readonly startBytes: number;
+  readonly endBytes: number;
+
   constructor(
     private readonly description: string,
-    /** LV bytes [startBytes, endBytes) are mirrored. */
-    readonly startBytes: number,
-    readonly endBytes: number,
+    readonly source: MirrorSource,
     readonly target: MirrorTarget,
-  ) {}
+  ) {
+    this.startBytes = source.offsetBytes;
+    this.endBytes = source.offsetBytes + source.lengthBytes;
+  }
 
-  overlaps(offsetBytes: number, lengthBytes: number): boolean {
-    return offsetBytes < this.endBytes && offsetBytes + lengthBytes > this.startBytes;
+  /** The parts of `parts` (source PV bytes of a request) within the run, clipped to it. */
+  clip(parts: readonly SourcePart[]): SourcePart[] {
+    const clipped: SourcePart[] = [];
+    for (const part of parts) {
+      const startBytes = Math.max(part.offsetBytes, this.startBytes);
+      const endBytes = Math.min(part.offsetBytes + part.lengthBytes, this.endBytes);
+      if (startBytes >= endBytes) continue;
+      clipped.push({
+        offsetBytes: startBytes,
+        lengthBytes: endBytes - startBytes,
+        requestOffsetBytes: part.requestOffsetBytes + (startBytes - part.offsetBytes),
+      });
+    }
+    return clipped;
   }
 
   /**
-   * Runs a write of LV bytes [offsetBytes, offsetBytes + lengthBytes) that overlaps the mirror,
-   * once no locked chunk overlaps it: `operation` writes the source through the LV mapping and
-   * the `target` part (the overlap) through writeTarget, zeroTarget or discardTarget.
+   * Runs a write whose `parts` (from clip) land on the run, once no locked chunk overlaps any of
+   * them: `operation` writes the source through the LV mapping and each target part through
+   * writeTarget, zeroTarget or discardTarget.
    */
   async runWrite(
-    offsetBytes: number,
-    lengthBytes: number,
-    operation: (target: MirroredPart) => Promise<void>,
+    parts: readonly SourcePart[],
+    operation: (targets: readonly MirroredPart[]) => Promise<void>,
   ): Promise<void> {
-    const startBytes = Math.max(offsetBytes, this.startBytes);
-    const endBytes = Math.min(offsetBytes + lengthBytes, this.endBytes);
     this.pendingCount++;
     let admitted: MirrorWrite | undefined;
     try {
-      while (this.overlapsLockedChunk(startBytes, endBytes)) {
+      while (parts.some((part) => this.overlapsLockedChunk(part))) {
         await new Promise<void>((resolve) => this.unlockWaiters.push(resolve));
       }
-      admitted = { startBytes, endBytes };
+      admitted = parts;
       this.admitted.add(admitted);
-      await operation({
-        offsetBytes: this.target.offsetBytes + (startBytes - this.startBytes),
-        lengthBytes: endBytes - startBytes,
-        requestOffsetBytes: startBytes - offsetBytes,
-        requestEndBytes: endBytes - offsetBytes,
-      });
+      await operation(
+        parts.map((part) => ({
+          offsetBytes: this.target.offsetBytes + (part.offsetBytes - this.startBytes),
+          lengthBytes: part.lengthBytes,
+          requestOffsetBytes: part.requestOffsetBytes,
+          requestEndBytes: part.requestOffsetBytes + part.lengthBytes,
+        })),
+      );
     } finally {
       if (admitted !== undefined) {
         this.admitted.delete(admitted);
@@ -171,15 +198,11 @@ export class LvMirror {
   }
 
   /**
-   * Copies the mirrored range from the source (`readSource` reads LV bytes through the current
-   * mapping) to the target, `depth` chunks at a time, each under the range lock, then flushes
-   * the target. Stops taking new chunks at the first failure, waits for the chunks in flight,
-   * then rejects with that failure.
+   * Copies the run from the source PV to the target, `depth` chunks at a time, each under the
+   * range lock, then flushes the target. Stops taking new chunks at the first failure, waits for
+   * the chunks in flight, then rejects with that failure.
    */
-  async copy(
-    readSource: (buffer: Buffer, offsetBytes: number) => Promise<void>,
-    options: CopyMirrorOptions,
-  ): Promise<void> {
+  async copy(options: CopyMirrorOptions): Promise<void> {
     const totalBytes = this.endBytes - this.startBytes;
     const chunkBytes = Math.min(options.chunkBytes ?? mirrorChunkBytesDefault, totalBytes);
     const depth = Math.min(
@@ -201,7 +224,7 @@ export class LvMirror {
           const positionBytes = nextBytes;
           const lengthBytes = Math.min(chunkBytes, this.endBytes - positionBytes);
           nextBytes += lengthBytes;
-          await this.copyChunk(chunk.subarray(0, lengthBytes), positionBytes, readSource);
+          await this.copyChunk(chunk.subarray(0, lengthBytes), positionBytes);
           copiedBytes += lengthBytes;
           options.onProgress?.(copiedBytes, totalBytes);
         }
@@ -224,11 +247,7 @@ export class LvMirror {
     }
   }
 
-  private async copyChunk(
-    buffer: Buffer,
-    positionBytes: number,
-    readSource: (buffer: Buffer, offsetBytes: number) => Promise<void>,
-  ): Promise<void> {
+  private async copyChunk(buffer: Buffer, positionBytes: number): Promise<void> {
     const chunk: LockedChunk = {
       startBytes: positionBytes,
       endBytes: positionBytes + buffer.length,
@@ -240,7 +259,7 @@ export class LvMirror {
         await new Promise<void>((resolve) => (chunk.quietWaiter = resolve));
       }
       chunk.quietWaiter = undefined;
-      await readSource(buffer, positionBytes);
+      await this.source.device.read(buffer, positionBytes);
       await this.writeTarget(buffer, this.target.offsetBytes + (positionBytes - this.startBytes));
     } finally {
       this.locked.delete(chunk);
@@ -248,16 +267,16 @@ export class LvMirror {
     }
   }
 
-  private overlapsLockedChunk(startBytes: number, endBytes: number): boolean {
+  private overlapsLockedChunk(part: SourcePart): boolean {
     for (const chunk of this.locked) {
-      if (startBytes < chunk.endBytes && endBytes > chunk.startBytes) return true;
+      if (overlap(part, chunk)) return true;
     }
     return false;
   }
 
   private busyIn(chunk: LockedChunk): boolean {
     for (const write of this.admitted) {
-      if (write.startBytes < chunk.endBytes && write.endBytes > chunk.startBytes) return true;
+      if (write.some((part) => overlap(part, chunk))) return true;
     }
     return false;
   }
@@ -299,24 +318,24 @@ export class LvMirror {
 }
 
 /**
- * A mirror of LV extents [lvExtentStart, lvExtentStart + extentCount) of `lv` onto `target`,
- * checked: within the LV, within the target, and no stricter alignment on the target than on the
- * LV (or writes the LV accepts would fail on the target).
+ * A mirror of the run `source` onto `target`, checked: within both devices, and no stricter
+ * alignment on the target than on the LV (or writes the LV accepts would fail on the target).
  */
 export function createMirror(
-  lv: LogicalVolumeLike,
-  lvExtentStart: number,
-  extentCount: number,
+  lv: BlockDevice,
+  source: MirrorSource,
   target: MirrorTarget,
 ): LvMirror {
-  const startBytes = lvExtentStart * lv.extentSizeBytes;
-  const lengthBytes = extentCount * lv.extentSizeBytes;
-  const details = { lvExtentStart, extentCount, targetOffsetBytes: target.offsetBytes };
-  if (!Number.isSafeInteger(lvExtentStart) || lvExtentStart < 0 || !(extentCount > 0)) {
-    throw new TandemError('DISK_INVALID_ARGUMENT', 'bad mirror extent range', { details });
+  const details = {
+    sourceOffsetBytes: source.offsetBytes,
+    lengthBytes: source.lengthBytes,
+    targetOffsetBytes: target.offsetBytes,
+  };
+  if (!(source.lengthBytes > 0)) {
+    throw new TandemError('DISK_INVALID_ARGUMENT', 'an empty mirror run', { details });
   }
-  checkRange(lv, startBytes, lengthBytes, false);
-  checkRange(target.device, target.offsetBytes, lengthBytes, true);
+  checkRange(source.device, source.offsetBytes, source.lengthBytes, false);
+  checkRange(target.device, target.offsetBytes, source.lengthBytes, true);
   if (lv.alignmentBytes % target.device.alignmentBytes !== 0) {
     throw new TandemError(
       'DISK_MISALIGNED',
@@ -325,7 +344,7 @@ export function createMirror(
       { details },
     );
   }
-  return new LvMirror(lv.description, startBytes, startBytes + lengthBytes, target);
+  return new LvMirror(lv.description, source, target);
 }
 
 /**
@@ -345,6 +364,12 @@ export function checkCopyShape(chunkBytes: number, depth: number, unitBytes: num
       { details },
     );
   }
+}
+
+function overlap(part: SourcePart, chunk: LockedChunk): boolean {
+  return (
+    part.offsetBytes < chunk.endBytes && part.offsetBytes + part.lengthBytes > chunk.startBytes
+  );
 }
 
 function wakeAll(waiters: (() => void)[]): void {

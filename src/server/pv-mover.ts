@@ -5,7 +5,8 @@
  * One step (docs/clvm.md, "PV evacuation"):
  *   1. plan the next run of the source PV and a free target run; commit it as the VG's `move`
  *      record (the target run is then allocated: nobody else takes it);
- *   2. mirror: writes to the step's LV extents go to the source and the target from now on;
+ *   2. mirror: the parts of writes that land on the step's source run (a linear run, or one
+ *      stripe of a striped segment) go to the source and the target from now on;
  *   3. copy the run source -> target (a range lock keeps concurrent writes and the copy apart);
  *   4. commit the LV's new mapping (the step's extents now live on the target) and clear the
  *      step; the LV device takes the new mapping; stop mirroring.
@@ -258,6 +259,7 @@ export class PvMover {
     device.startMirror({
       lvExtentStart: step.lvExtentStart,
       extentCount: step.extentCount,
+      pvUuid: step.sourcePvUuid,
       target: {
         device: target.device,
         offsetBytes: target.label.dataStartBytes + step.targetPvExtentStart * extentSizeBytes,
@@ -333,26 +335,16 @@ export class PvMover {
 
 /**
  * What this host cannot move online, refused before the first step: the lockspace LV (every
- * host writes its heartbeats and leases there, and only this host's writes would be mirrored)
- * and striped segments (the mirror copies a logical range to one contiguous run; a stripe area
- * is not one).
+ * host writes its heartbeats and leases there, and only this host's writes would be mirrored).
  */
 function checkMovable(metadata: VgMetadata, sourcePvUuid: string, sourceName: string): void {
   for (const lv of metadata.lvs) {
-    for (const segment of lv.segments) {
-      if (!segment.areas.some((area) => area.pvUuid === sourcePvUuid)) continue;
-      if (lv.hidden) {
-        throw new TandemError(
-          'FAILED_PRECONDITION',
-          `${sourceName} holds the lockspace LV of VG ${metadata.name}, which every host writes to; it cannot be moved online (move the other LVs off another PV instead)`,
-        );
-      }
-      if (segment.areas.length > 1) {
-        throw new TandemError(
-          'FAILED_PRECONDITION',
-          `${sourceName} holds a stripe of the striped LV ${metadata.name}/${lv.name}; moving striped segments online is not supported yet`,
-        );
-      }
+    if (!lv.hidden) continue;
+    if (lv.segments.some((segment) => segment.areas.some((area) => area.pvUuid === sourcePvUuid))) {
+      throw new TandemError(
+        'FAILED_PRECONDITION',
+        `${sourceName} holds the lockspace LV of VG ${metadata.name}, which every host writes to; it cannot be moved online (move the other LVs off another PV instead)`,
+      );
     }
   }
 }

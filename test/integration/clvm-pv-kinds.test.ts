@@ -1,8 +1,9 @@
 /**
  * PVs of every kind in one VG: a regular file, a loop block device (/dev/loopN over a file),
  * and a remote device behind NBD (nbdkit serving a file, as a LUN behind iSCSI would be). A
- * striped LV across the three is written and read back through the LV's NBD export, and each
- * PV is checked to hold its share of the data.
+ * striped LV across the three is written and read back through the LV's NBD export, one of its
+ * stripes is moved to a fourth PV (pv move) while fio writes and verifies, and everything is
+ * removed again.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -21,13 +22,14 @@ import {
   makeSparseFile,
   missingTools,
   nbdUri,
+  parseFioJson,
   runCommand,
   startBackground,
   waitFor,
 } from './helpers/tools.js';
 
 const mebibyte = 1024 * 1024;
-const missing = missingTools(['nbdkit', 'losetup', 'qemu-io', 'nbdinfo']);
+const missing = missingTools(['nbdkit', 'losetup', 'qemu-io', 'nbdinfo', 'fio']);
 const skip =
   missing.length > 0
     ? `missing ${missing.join(', ')}`
@@ -35,7 +37,7 @@ const skip =
       ? 'needs root (losetup)'
       : false;
 
-describe('a VG of a file, a loop device and an NBD-backed PV', { skip, timeout: 120_000 }, () => {
+describe('a VG of a file, a loop device and an NBD-backed PV', { skip, timeout: 180_000 }, () => {
   const cleanup = new CleanupStack();
   let directory = '';
   let daemon: DaemonHandle | undefined;
@@ -153,6 +155,68 @@ describe('a VG of a file, a loop device and an NBD-backed PV', { skip, timeout: 
     assert.equal(again.code, 0, again.stderr);
     assert.doesNotMatch(again.stdout, /Pattern verification failed/);
   });
+  test('pv move of one stripe while fio writes and verifies, then vg reduce', async () => {
+    assert.ok(daemon !== undefined);
+    checkOk(await daemon.runCli(['lv', 'deactivate', 'mixed/wide']), 'deactivate');
+    checkOk(await daemon.runCli(['lv', 'activate', 'mixed/wide', '--exclusive']), 'activate');
+    // The stripe to move: on the loop or NBD PV, whichever does not hold the lockspace LV.
+    const listed = JSON.parse(
+      checkOk(await daemon.runCli(['pv', 'list', '--json']), 'pv list'),
+    ) as {
+      pvs: Array<{ path: string; extentCount: number; freeExtentCount: number }>;
+    };
+    const used = (pv: string) => {
+      const row = listed.pvs.find((candidate) => candidate.path === pv);
+      assert.ok(row !== undefined, `${pv} listed`);
+      return row.extentCount - row.freeExtentCount;
+    };
+    const source = [pvs[1] ?? '', pvs[2] ?? ''].find((pv) => used(pv) === 4);
+    assert.ok(source !== undefined, 'a PV holding only a stripe (4 extents)');
+    const spare = makeSparseFile(path.join(directory, 'spare-pv.img'), 128 * mebibyte);
+    checkOk(await daemon.runCli(['pv', 'create', spare]), 'pv create spare');
+    checkOk(await daemon.runCli(['vg', 'extend', 'mixed', spare]), 'vg extend');
+    pvs.push(spare);
+
+    const uri = nbdUri(daemon.nbdHost, daemon.nbdPort, 'mixed/wide');
+    const fioArgs = [
+      '--name=wide',
+      '--ioengine=nbd',
+      `--uri=${uri}`,
+      '--rw=randwrite',
+      '--bs=4k',
+      '--iodepth=8',
+      '--size=48m',
+      '--verify=crc32c',
+      '--output-format=json',
+    ];
+    const fio = startBackground('fio', [...fioArgs, '--time_based', '--runtime=4'], {
+      cwd: directory,
+    });
+    cleanup.defer('stop fio', () => fio.stop());
+    // Two-extent steps: the stripe moves in two checkpointed steps while fio writes.
+    const moved = checkOk(
+      await daemon.runCli(['pv', 'move', source, '--to', spare, '--step-extents', '2']),
+      'pv move',
+    );
+    assert.match(moved, /moved 4 extents/);
+    const exit = await fio.waitForExit(60_000);
+    assert.equal(exit.code, 0, fio.stderr());
+    assert.equal(parseFioJson(fio.stdout())[0]?.error, 0);
+    assert.equal(used(source), 4, 'the listing was taken before the move');
+    const after = JSON.parse(checkOk(await daemon.runCli(['pv', 'list', '--json']), 'pv list')) as {
+      pvs: Array<{ path: string; extentCount: number; freeExtentCount: number }>;
+    };
+    const sourceRow = after.pvs.find((row) => row.path === source);
+    assert.equal(sourceRow?.freeExtentCount, sourceRow?.extentCount, 'the source PV is empty');
+    // Every block fio wrote, read back through the new mapping, still verifies.
+    const verified = await runCommand('fio', [...fioArgs, '--rw=read', '--verify_only'], {
+      cwd: directory,
+      timeoutMs: 60_000,
+    });
+    assert.equal(verified.code, 0, verified.stderr);
+    checkOk(await daemon.runCli(['vg', 'reduce', 'mixed', source]), 'vg reduce');
+  });
+
   test('lv remove, vg remove, pv remove leave devices with no PV label', async () => {
     assert.ok(daemon !== undefined);
     checkFails(await daemon.runCli(['vg', 'remove', 'mixed']), /LV/, 'vg remove with an LV');

@@ -725,6 +725,99 @@ describe('LV mirror (PV evacuation)', () => {
   });
 });
 
+describe('LV mirror of one stripe (PV evacuation of a striped LV)', () => {
+  const extentSizeBytes = 256 * kibibyte;
+  const stripeSizeBytes = 64 * kibibyte;
+  const striped = (
+    lvExtentStart: number,
+    rows: number,
+    a: [string, number],
+    b: [string, number],
+  ) => ({
+    lvExtentStart,
+    extentCount: 2 * rows,
+    stripeSizeBytes,
+    areas: [
+      { pvUuid: a[0], pvExtentStart: a[1] },
+      { pvUuid: b[0], pvExtentStart: b[1] },
+    ],
+  });
+  /**
+   * 4 rows over pv-a and pv-b, both from PE 2 (so the stripe that stays sits at the same PV
+   * bytes as the run that moves); rows 1-2 of pv-a move to pv-c PE 5.
+   */
+  const before = [striped(0, 4, ['pv-a', 2], ['pv-b', 2])];
+  const after = [
+    striped(0, 1, ['pv-a', 2], ['pv-b', 2]),
+    striped(2, 2, ['pv-c', 5], ['pv-b', 3]),
+    striped(6, 1, ['pv-a', 5], ['pv-b', 5]),
+  ];
+  const runBytes = 2 * extentSizeBytes;
+  const sourceOffsetBytes = dataStartBytes + 3 * extentSizeBytes;
+  const targetOffsetBytes = dataStartBytes + 5 * extentSizeBytes;
+
+  it('mirrors only the stripe that moves, under concurrent writes, then switches', async () => {
+    const a = jitteryPv('pv-a', 4 * mebibyte, 81);
+    const b = jitteryPv('pv-b', 4 * mebibyte, 82);
+    const c = jitteryPv('pv-c', 4 * mebibyte, 83);
+    const pvs: PvSet = new Map([
+      ['pv-a', a.pv],
+      ['pv-b', b.pv],
+      ['pv-c', c.pv],
+    ]);
+    const lv = lvOver(pvs, before, extentSizeBytes);
+    const model = Buffer.alloc(lv.sizeBytes);
+    const initial = pattern(lv.sizeBytes, 84);
+    await lv.write(initial, 0);
+    initial.copy(model);
+    assert.throws(
+      () =>
+        lv.startMirror({
+          lvExtentStart: 2,
+          extentCount: 4,
+          target: { device: c.pv, offsetBytes: 0 },
+        }),
+      isCode('DISK_INVALID_ARGUMENT'),
+      'two stripes are two runs: the PV must be named',
+    );
+    lv.startMirror({
+      lvExtentStart: 2,
+      extentCount: 4,
+      pvUuid: 'pv-a',
+      target: { device: c.pv, offsetBytes: targetOffsetBytes },
+    });
+    let copied = false;
+    const copy = lv.copyMirror({ chunkBytes: 16 * kibibyte, depth: 3 }).then(() => (copied = true));
+    let writesDuringCopy = 0;
+    // Writes across the whole LV: both stripes, inside and outside the rows that move.
+    await runWriters(lv, model, {
+      workers: 8,
+      regionBytes: 40 * kibibyte,
+      operationsMax: 5000,
+      seed: 85,
+      stop: () => copied,
+      onOperation: () => writesDuringCopy++,
+    });
+    await copy;
+    assert.ok(writesDuringCopy > 50, `only ${writesDuringCopy} writes ran during the copy`);
+    const sourceBytes = await readAll(a.base, sourceOffsetBytes, runBytes);
+    const targetBytes = await readAll(c.base, targetOffsetBytes, runBytes);
+    assert.ok(sourceBytes.equals(targetBytes), 'the target run is identical to the source run');
+    const beyond = await readAll(c.base, targetOffsetBytes + runBytes, extentSizeBytes);
+    assert.ok(
+      beyond.every((byte) => byte === 0),
+      'nothing lands past the target run',
+    );
+
+    lv.setSegments(after);
+    await lv.stopMirror();
+    assert.ok((await readAll(lv, 0, lv.sizeBytes)).equals(model));
+    // Reads of the moved rows now come from pv-c: wiping the old run changes nothing.
+    await a.base.writeZeroes(sourceOffsetBytes, runBytes);
+    assert.ok((await readAll(lv, 0, lv.sizeBytes)).equals(model));
+  });
+});
+
 function isCode(code: ErrorCode) {
   return (error: unknown) => error instanceof TandemError && error.code === code;
 }
