@@ -43,6 +43,13 @@ function errorToFields(value: unknown): unknown {
   return value;
 }
 
+/** Keys every record has; a field of the same name is kept beside them, not over them. */
+const recordKeys = new Set(['time', 'level', 'message']);
+
+function fieldKey(key: string): string {
+  return recordKeys.has(key) ? `field_${key}` : key;
+}
+
 export function createLogger(
   options: { level?: LogLevel; sink?: LogSink; fields?: LogFields } = {},
 ): Logger {
@@ -52,14 +59,12 @@ export function createLogger(
 
   const emit = (level: LogLevel, message: string, fields?: LogFields): void => {
     if (levelRank[level] < minimumRank) return;
-    const record: Record<string, unknown> = {
-      time: new Date().toISOString(),
-      level,
-      message,
-      ...baseFields,
-    };
+    const record: Record<string, unknown> = { time: new Date().toISOString(), level, message };
+    for (const [key, value] of Object.entries(baseFields)) record[fieldKey(key)] = value;
     if (fields !== undefined) {
-      for (const [key, value] of Object.entries(fields)) record[key] = errorToFields(value);
+      for (const [key, value] of Object.entries(fields)) {
+        record[fieldKey(key)] = errorToFields(value);
+      }
     }
     sink.write(`${JSON.stringify(record)}\n`);
   };
