@@ -60,6 +60,14 @@ export function createLv(md: VgMetadata, spec: CreateLvSpec, context: ChangeCont
       `VG ${md.name} holds ${md.lvs.length} LVs, the limit; remove one first`,
     );
   }
+  const visibleCount = md.lvs.filter((lv) => !lv.hidden).length;
+  if (md.maxLvs !== undefined && visibleCount >= md.maxLvs) {
+    throw new TandemError(
+      'FAILED_PRECONDITION',
+      `VG ${md.name} holds ${visibleCount} LVs, as many as its lockspace has leases for ` +
+        `(vg create --max-lvs ${md.maxLvs}); remove one first`,
+    );
+  }
   const stripes = spec.stripes ?? 1;
   checkArgument(
     Number.isSafeInteger(stripes) && stripes >= 1 && stripes <= stripesMax,

@@ -114,6 +114,7 @@ export function encodeVgMetadata(md: VgMetadata): Buffer {
     lvs: md.lvs.map(lvToWire),
     ...(md.move === undefined ? {} : { move: moveToWire(md.move) }),
     removing: md.removing === true,
+    maxLvs: md.maxLvs === undefined ? 0 : u32(md.maxLvs, 'maxLvs'),
   };
   const type = messageType();
   const encoded = type.encode(type.fromObject(wire)).finish();
@@ -309,5 +310,6 @@ export function decodeVgMetadata(bytes: Uint8Array, where: string): VgMetadata {
     lvs: fields.messages('lvs').map(lvFromWire),
     move: move === undefined ? undefined : moveFromWire(move),
     ...(fields.boolean('removing') ? { removing: true } : {}),
+    ...(fields.uint32('maxLvs') === 0 ? {} : { maxLvs: fields.uint32('maxLvs') }),
   };
 }

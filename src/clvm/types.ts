@@ -120,4 +120,9 @@ export interface VgMetadata {
    * sees it, and the wipe waits for that, so no host heartbeats into space that is free again.
    */
   readonly removing?: boolean;
+  /**
+   * The visible LVs the lockspace was formatted with lease room for (`vg create --max-lvs`);
+   * undefined in metadata written before it was recorded (no limit but lvsPerVgMax then).
+   */
+  readonly maxLvs?: number;
 }

@@ -17,6 +17,7 @@ import {
   extentSizeBytesMax,
   extentSizeBytesMin,
   lockspaceLvName,
+  lvsPerVgMax,
   pvsPerVgMax,
   vgMetadataVersion,
 } from './types.js';
@@ -59,6 +60,8 @@ export interface CreateVgOptions {
   readonly extentSizeBytes: number;
   readonly maxHosts: number;
   readonly ioTimeoutMs: number;
+  /** The visible LVs the lockspace has lease room for. */
+  readonly maxLvs: number;
   readonly pvs: readonly PvRecord[];
   /** The size of the hidden lockspace LV, rounded up to whole extents. */
   readonly lockspaceBytes: number;
@@ -83,6 +86,10 @@ export function createVgMetadata(options: CreateVgOptions): VgMetadata {
     'maxHosts and ioTimeoutMs must be positive integers',
   );
   checkArgument(
+    isPositiveInteger(options.maxLvs) && options.maxLvs <= lvsPerVgMax,
+    `the LV limit must be 1 to ${lvsPerVgMax}, not ${options.maxLvs}`,
+  );
+  checkArgument(
     pvs.length >= 1 && pvs.length <= pvsPerVgMax,
     `a VG needs 1 to ${pvsPerVgMax} PVs, not ${pvs.length}`,
   );
@@ -96,6 +103,7 @@ export function createVgMetadata(options: CreateVgOptions): VgMetadata {
     extentSizeBytes,
     maxHosts: options.maxHosts,
     ioTimeoutMs: options.ioTimeoutMs,
+    maxLvs: options.maxLvs,
     createdWallMs: context.wallMs,
     updatedWallMs: context.wallMs,
     updatedBy: context.updatedBy,

@@ -114,6 +114,12 @@ function validatePvs(md: VgMetadata): void {
 
 function validateLvs(md: VgMetadata): void {
   check(md.lvs.length <= lvsPerVgMax, `the VG has ${md.lvs.length} LVs, over ${lvsPerVgMax}`);
+  if (md.maxLvs !== undefined) {
+    check(
+      isCount(md.maxLvs) && md.maxLvs >= 1 && md.maxLvs <= lvsPerVgMax,
+      `maxLvs ${md.maxLvs} is not 1 to ${lvsPerVgMax}`,
+    );
+  }
   const pvs = new Map(md.pvs.map((pv) => [pv.uuid, pv]));
   const names = new Set<string>();
   const uuids = new Set<string>();

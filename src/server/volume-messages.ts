@@ -62,6 +62,7 @@ export function vgMessage(entry: VgEntry): Vg {
     lastChange: metadata.lastChange,
     updatedBy: metadata.updatedBy,
     moving: metadata.move !== undefined,
+    maxLvs: metadata.maxLvs ?? 0,
   };
 }
 

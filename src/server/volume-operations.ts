@@ -171,6 +171,7 @@ export class VolumeOperations {
       extentSizeBytes,
       maxHosts,
       ioTimeoutMs,
+      maxLvs,
       pvs: handles.map((handle) => pvRecordOf(handle, extentSizeBytes)),
       lockspaceBytes: layout.sizeBytes,
       lockspaceLvUuid: randomUUID(),

@@ -30,6 +30,7 @@ export function newVg(pvExtentCounts: readonly number[], lockspaceExtentCount = 
     extentSizeBytes,
     maxHosts: 16,
     ioTimeoutMs: 1000,
+    maxLvs: 64,
     pvs: pvExtentCounts.map((count, index) => pvRecord(`pv${index}`, count)),
     lockspaceBytes: lockspaceExtentCount * extentSizeBytes,
     lockspaceLvUuid: 'lockspace-uuid',

@@ -72,6 +72,7 @@ describe('createVgMetadata', () => {
       extentSizeBytes,
       maxHosts: 8,
       ioTimeoutMs: 1000,
+      maxLvs: 16,
       pvs: [pvRecord('small', 2), pvRecord('big', 10)],
       lockspaceBytes: 2 * extentSizeBytes + 1,
       lockspaceLvUuid: 'ls',
@@ -91,6 +92,7 @@ describe('createVgMetadata', () => {
       extentSizeBytes,
       maxHosts: 8,
       ioTimeoutMs: 1000,
+      maxLvs: 16,
       pvs: [pvRecord('pv0', 10)],
       lockspaceBytes: extentSizeBytes,
       lockspaceLvUuid: 'ls',
@@ -180,6 +182,16 @@ describe('LV operations', () => {
     }
     md = validateVgMetadata({ ...md, lvs });
     expectCode(() => lv(md, 'one-more', 1), 'FAILED_PRECONDITION', /4096 LVs, the limit/);
+  });
+
+  it('createLv refuses past the LVs the lockspace has leases for (--max-lvs)', () => {
+    let md = newVg([200]);
+    assert.equal(md.maxLvs, 64);
+    for (let index = 0; index < 64; index++) md = lv(md, `lv${index}`, 1);
+    expectCode(() => lv(md, 'one-more', 1), 'FAILED_PRECONDITION', /64 LVs.*--max-lvs 64/);
+    md = removeLv(md, 'lv10', later);
+    md = lv(md, 'one-more', 1);
+    assert.equal(lvNamed(md, 'one-more').leaseSlot, 11, 'the freed lease slot is taken again');
   });
 
   it('createLv refuses an allocation that would pass the segment limit', () => {

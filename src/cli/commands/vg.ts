@@ -44,6 +44,7 @@ export function vgJson(vg: Vg__Output): Record<string, unknown> {
     extentCount: vg.extentCount,
     freeExtentCount: vg.freeExtentCount,
     maxHosts: vg.maxHosts,
+    maxLvs: vg.maxLvs === 0 ? null : vg.maxLvs,
     partial: vg.partial,
     joined: vg.joined,
     hostId: vg.joined ? vg.hostId : null,

@@ -157,6 +157,7 @@ export const vg = (overrides: Partial<Vg__Output> = {}): Vg__Output => ({
   lastChange: 'lv create disk1',
   updatedBy: 'node-a',
   moving: false,
+  maxLvs: 1024,
   ...overrides,
 });
 
