@@ -657,6 +657,23 @@ describe('LV mirror (PV evacuation)', () => {
     await lv.stopMirror();
   });
 
+  it('flushes the target during the copy, and fails the copy when such a flush fails', async () => {
+    const { lv, target } = setup(75);
+    lv.startMirror({ lvExtentStart: 1, extentCount: 4, target });
+    const flushes = target.device.delayIo({ delayMs: 0, match: { kinds: ['flush'] } });
+    await lv.copyMirror({ chunkBytes: 64 * kibibyte, flushEveryBytes: 256 * kibibyte });
+    // 1 MiB in 256 KiB intervals: three flushes during the copy, and the final one.
+    assert.equal(flushes.firedCount, 4);
+    await lv.stopMirror();
+    lv.startMirror({ lvExtentStart: 1, extentCount: 4, target });
+    target.device.failIo({ match: { kinds: ['flush'] }, times: 1 });
+    await expectCode(
+      lv.copyMirror({ chunkBytes: 64 * kibibyte, flushEveryBytes: 256 * kibibyte }),
+      'DISK_IO',
+    );
+    await lv.stopMirror();
+  });
+
   it('stops between chunks when aborted, and mirrors nothing after stopMirror', async () => {
     const { lv, target, targetBase } = setup(30);
     await lv.write(pattern(lv.sizeBytes, 5), 0);
