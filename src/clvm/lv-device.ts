@@ -25,18 +25,18 @@ import type {
 } from '../disk/block-device.js';
 import { checkDataRange, checkRange, checkStatusRange, closedError } from '../disk/checks.js';
 import { TandemError } from '../errors.js';
-import { LvMappingTable, MappedRun, type PvRange, type PvResolver } from './lv-mapping.js';
+import { LvMappingTable, MappedRun, type PvResolver } from './lv-mapping.js';
 import {
   type CopyMirrorOptions,
   type LvMirror,
   type MirrorTarget,
-  type SourcePart,
   checkCopyShape,
   createMirror,
   mirrorChunkBytesDefault,
   mirrorCopyDepthDefault,
   settleAll,
 } from './lv-mirror.js';
+import { type MirrorRunOptions, findMirrorRun, mirroredParts } from './lv-mirror-run.js';
 import type { LvSegment } from './types.js';
 
 export type { PvResolver } from './lv-mapping.js';
@@ -56,15 +56,7 @@ export interface LogicalVolumeDeviceOptions {
   readonly readOnly?: boolean;
 }
 
-export interface StartMirrorOptions {
-  /** The LV extents the run belongs to (for a striped segment: whole rows of it). */
-  readonly lvExtentStart: number;
-  readonly extentCount: number;
-  /**
-   * The PV whose part of those extents moves: the run is the one range of the extents on it.
-   * Optional when the extents map to one range of one PV.
-   */
-  readonly pvUuid?: string;
+export interface StartMirrorOptions extends MirrorRunOptions {
   readonly target: MirrorTarget;
 }
 
@@ -179,7 +171,7 @@ export class LogicalVolumeDevice implements BlockDevice {
     const mirror = this.mirror;
     if (mirror !== undefined && this.mayTouchMirror(offsetBytes, buffer.length)) {
       const table = generation.table;
-      const parts = this.mirroredParts(mirror, table, offsetBytes, buffer.length, true);
+      const parts = mirroredParts(mirror, table, offsetBytes, buffer.length, true);
       if (parts instanceof Error) return Promise.reject(parts);
       if (parts.length > 0) {
         const mirrored = mirror.runWrite(parts, (targets) =>
@@ -244,7 +236,7 @@ export class LogicalVolumeDevice implements BlockDevice {
     if (mirror === undefined || !this.mayTouchMirror(offsetBytes, lengthBytes)) {
       return generation.track(source());
     }
-    const parts = this.mirroredParts(mirror, table, offsetBytes, lengthBytes, false);
+    const parts = mirroredParts(mirror, table, offsetBytes, lengthBytes, false);
     if (parts instanceof Error) return Promise.reject(parts);
     if (parts.length === 0) return generation.track(source());
     const mirrored = mirror.runWrite(parts, (targets) =>
@@ -277,7 +269,7 @@ export class LogicalVolumeDevice implements BlockDevice {
     if (mirror === undefined || !this.mayTouchMirror(offsetBytes, lengthBytes)) {
       return generation.track(source());
     }
-    const parts = this.mirroredParts(mirror, table, offsetBytes, lengthBytes, false);
+    const parts = mirroredParts(mirror, table, offsetBytes, lengthBytes, false);
     if (parts instanceof Error) return Promise.reject(parts);
     if (parts.length === 0) return generation.track(source());
     const mirrored = mirror.runWrite(parts, async (targets) => {
@@ -329,39 +321,10 @@ export class LogicalVolumeDevice implements BlockDevice {
     if (this.mirror !== undefined) {
       throw new TandemError('FAILED_PRECONDITION', `${this.description} is already mirrored`);
     }
-    const { lvExtentStart, extentCount } = options;
-    const startBytes = lvExtentStart * this.extentSizeBytes;
-    const lengthBytes = extentCount * this.extentSizeBytes;
-    const details = { lvExtentStart, extentCount, pvUuid: options.pvUuid };
-    if (!Number.isSafeInteger(lvExtentStart) || lvExtentStart < 0 || !(extentCount > 0)) {
-      throw new TandemError('DISK_INVALID_ARGUMENT', 'bad mirror extent range', { details });
-    }
-    checkRange(this, startBytes, lengthBytes, false);
-    let ranges: PvRange[] = this.generation.table.ranges(startBytes, lengthBytes);
-    if (options.pvUuid !== undefined) {
-      const device = this.resolvePv(options.pvUuid)?.device;
-      if (device === undefined) {
-        throw new TandemError('DISK_GONE', `PV ${options.pvUuid} of the mirror is missing`, {
-          details,
-        });
-      }
-      ranges = ranges.filter((range) => range.device === device);
-    }
-    const run = ranges[0];
-    if (run === undefined || ranges.length > 1) {
-      throw new TandemError(
-        'DISK_INVALID_ARGUMENT',
-        `extents ${lvExtentStart}+${extentCount} of ${this.description} are not one run on one PV`,
-        { details: { ...details, runCount: ranges.length } },
-      );
-    }
-    this.mirror = createMirror(
-      this,
-      { device: run.device, offsetBytes: run.pvOffsetBytes, lengthBytes: run.lengthBytes },
-      options.target,
-    );
-    this.mirrorLvStartBytes = startBytes;
-    this.mirrorLvEndBytes = startBytes + lengthBytes;
+    const run = findMirrorRun(this, this.generation.table, this.resolvePv, options);
+    this.mirror = createMirror(this, run.source, options.target);
+    this.mirrorLvStartBytes = run.lvStartBytes;
+    this.mirrorLvEndBytes = run.lvEndBytes;
     // A new generation, so that the copy can wait for the requests issued before the mirror.
     this.replaceGeneration(this.generation.table);
   }
@@ -403,46 +366,6 @@ export class LogicalVolumeDevice implements BlockDevice {
     return (
       offsetBytes < this.mirrorLvEndBytes && offsetBytes + lengthBytes > this.mirrorLvStartBytes
     );
-  }
-
-  /**
-   * The parts of a request on `table` that land on the mirrored run, in source PV bytes; an
-   * Error (DISK_GONE) when part of the request maps to a missing PV. Requests without data
-   * (`withData` false) need no place in the request: their parts say 0.
-   */
-  private mirroredParts(
-    mirror: LvMirror,
-    table: LvMappingTable,
-    offsetBytes: number,
-    lengthBytes: number,
-    withData: boolean,
-  ): SourcePart[] | Error {
-    try {
-      const device = mirror.source.device;
-      const onSource: SourcePart[] = [];
-      if (withData) {
-        for (const piece of table.pieces(offsetBytes, lengthBytes, true)) {
-          if (piece.device !== device) continue;
-          onSource.push({
-            offsetBytes: piece.pvOffsetBytes,
-            lengthBytes: piece.lengthBytes,
-            requestOffsetBytes: piece.requestOffsetBytes,
-          });
-        }
-      } else {
-        for (const range of table.ranges(offsetBytes, lengthBytes)) {
-          if (range.device !== device) continue;
-          onSource.push({
-            offsetBytes: range.pvOffsetBytes,
-            lengthBytes: range.lengthBytes,
-            requestOffsetBytes: 0,
-          });
-        }
-      }
-      return mirror.clip(onSource);
-    } catch (error) {
-      return error instanceof Error ? error : new Error(String(error));
-    }
   }
 
   private buildTable(segments: readonly LvSegment[]): LvMappingTable {
