@@ -29,6 +29,7 @@ import { LvMappingTable, MappedRun, type PvResolver } from './lv-mapping.js';
 import {
   type CopyMirrorOptions,
   type LvMirror,
+  type MirroredPart,
   type MirrorTarget,
   checkCopyShape,
   createMirror,
@@ -168,28 +169,30 @@ export class LogicalVolumeDevice implements BlockDevice {
     const refusal = this.refusal('write', offsetBytes, buffer.length);
     if (refusal !== undefined) return Promise.reject(refusal);
     if (buffer.length === 0) return Promise.resolve();
-    const mirror = this.mirror;
-    if (mirror !== undefined && this.mayTouchMirror(offsetBytes, buffer.length)) {
-      const table = generation.table;
-      const parts = mirroredParts(mirror, table, offsetBytes, buffer.length, true);
-      if (parts instanceof Error) return Promise.reject(parts);
-      if (parts.length > 0) {
-        const mirrored = mirror.runWrite(parts, (targets) =>
-          settleAll([
-            this.writeOn(table, buffer, offsetBytes, options),
-            ...targets.map((target) =>
-              mirror.writeTarget(
-                buffer.subarray(target.requestOffsetBytes, target.requestEndBytes),
-                target.offsetBytes,
-                options,
-              ),
-            ),
-          ]),
-        );
-        return generation.track(mirrored);
-      }
+    const table = generation.table;
+    // The hot path: no closures for the mirror when there is none.
+    if (this.mirror === undefined) {
+      return generation.track(this.writeOn(table, buffer, offsetBytes, options));
     }
-    return generation.track(this.writeOn(generation.table, buffer, offsetBytes, options));
+    const source = () => this.writeOn(table, buffer, offsetBytes, options);
+    return this.runMutation(
+      generation,
+      offsetBytes,
+      buffer.length,
+      true,
+      source,
+      (mirror, targets) =>
+        settleAll([
+          source(),
+          ...targets.map((target) =>
+            mirror.writeTarget(
+              buffer.subarray(target.requestOffsetBytes, target.requestEndBytes),
+              target.offsetBytes,
+              options,
+            ),
+          ),
+        ]),
+    );
   }
 
   /** Forwards the pieces as they are when the request maps to one PV run; joins them otherwise. */
@@ -232,22 +235,20 @@ export class LogicalVolumeDevice implements BlockDevice {
       this.onRanges(table, offsetBytes, lengthBytes, (device, pvOffsetBytes, length) =>
         device.discard(pvOffsetBytes, length, options),
       );
-    const mirror = this.mirror;
-    if (mirror === undefined || !this.mayTouchMirror(offsetBytes, lengthBytes)) {
-      return generation.track(source());
-    }
-    const parts = mirroredParts(mirror, table, offsetBytes, lengthBytes, false);
-    if (parts instanceof Error) return Promise.reject(parts);
-    if (parts.length === 0) return generation.track(source());
-    const mirrored = mirror.runWrite(parts, (targets) =>
-      settleAll([
-        source(),
-        ...targets.map((target) =>
-          mirror.discardTarget(target.offsetBytes, target.lengthBytes, options),
-        ),
-      ]),
+    return this.runMutation(
+      generation,
+      offsetBytes,
+      lengthBytes,
+      false,
+      source,
+      (mirror, targets) =>
+        settleAll([
+          source(),
+          ...targets.map((target) =>
+            mirror.discardTarget(target.offsetBytes, target.lengthBytes, options),
+          ),
+        ]),
     );
-    return generation.track(mirrored);
   }
 
   writeZeroes(offsetBytes: number, lengthBytes: number, options?: WriteZeroesOptions) {
@@ -265,26 +266,25 @@ export class LogicalVolumeDevice implements BlockDevice {
       this.onRanges(table, offsetBytes, lengthBytes, (device, pvOffsetBytes, length) =>
         device.writeZeroes(pvOffsetBytes, length, options),
       );
-    const mirror = this.mirror;
-    if (mirror === undefined || !this.mayTouchMirror(offsetBytes, lengthBytes)) {
-      return generation.track(source());
-    }
-    const parts = mirroredParts(mirror, table, offsetBytes, lengthBytes, false);
-    if (parts instanceof Error) return Promise.reject(parts);
-    if (parts.length === 0) return generation.track(source());
-    const mirrored = mirror.runWrite(parts, async (targets) => {
-      const zeroTarget = () =>
-        settleAll(
-          targets.map((target) =>
-            mirror.zeroTarget(target.offsetBytes, target.lengthBytes, options),
-          ),
-        );
-      if (options?.fastOnly !== true) return settleAll([source(), zeroTarget()]);
-      // The source may still refuse a fast zero: the target (never fast-only) must not go first.
-      await source();
-      await zeroTarget();
-    });
-    return generation.track(mirrored);
+    return this.runMutation(
+      generation,
+      offsetBytes,
+      lengthBytes,
+      false,
+      source,
+      async (mirror, targets) => {
+        const zeroTarget = () =>
+          settleAll(
+            targets.map((target) =>
+              mirror.zeroTarget(target.offsetBytes, target.lengthBytes, options),
+            ),
+          );
+        if (options?.fastOnly !== true) return settleAll([source(), zeroTarget()]);
+        // The source may still refuse a fast zero: the target (never fast-only) must not go first.
+        await source();
+        await zeroTarget();
+      },
+    );
   }
 
   blockStatus(offsetBytes: number, lengthBytes: number): Promise<BlockStatusExtent[]> {
@@ -360,6 +360,30 @@ export class LogicalVolumeDevice implements BlockDevice {
     this.mirrorLvEndBytes = 0;
     if (mirror !== undefined) await mirror.stop();
     await this.drainRetiredMappings();
+  }
+
+  /**
+   * Runs a write, write zeroes or discard on `generation`: `source` alone, or, when part of it
+   * lands on the mirrored run, `mirrored` (source and target parts) under the mirror's lock.
+   */
+  private runMutation(
+    generation: MappingGeneration,
+    offsetBytes: number,
+    lengthBytes: number,
+    withData: boolean,
+    source: () => Promise<void>,
+    mirrored: (mirror: LvMirror, targets: readonly MirroredPart[]) => Promise<void>,
+  ): Promise<void> {
+    const mirror = this.mirror;
+    if (mirror !== undefined && this.mayTouchMirror(offsetBytes, lengthBytes)) {
+      const table = generation.table;
+      const parts = mirroredParts(mirror, table, offsetBytes, lengthBytes, withData);
+      if (parts instanceof Error) return Promise.reject(parts);
+      if (parts.length > 0) {
+        return generation.track(mirror.runWrite(parts, (targets) => mirrored(mirror, targets)));
+      }
+    }
+    return generation.track(source());
   }
 
   private mayTouchMirror(offsetBytes: number, lengthBytes: number): boolean {
