@@ -58,6 +58,8 @@ export type ErrorCode =
   | 'PV_LABEL_CORRUPT'
   /** The PV belongs to a VG (or its extents are in use) and cannot be taken or removed. */
   | 'PV_IN_USE'
+  /** Another host claimed a free PV at the same time, or the claim ran out (pv-claim.ts). */
+  | 'PV_CLAIM_LOST'
   /** A metadata area or record is corrupt (bad CRC, truncated ring, wrong magic). */
   | 'MDA_CORRUPT'
   /** The new metadata does not fit in the metadata area. */

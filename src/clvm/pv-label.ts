@@ -10,10 +10,14 @@
  *   0 magic "TNDMPVLB" · 8 u32 format version · 12 u32 crc32c · 16 PV UUID (16 B)
  *   32 VG UUID (16 B, zero when in no VG) · 48 u64 device size · 56 u64 MDA 0 offset
  *   64 u64 MDA 0 size · 72 u64 MDA 1 offset · 80 u64 MDA 1 size · 88 u64 data start
- *   96 u64 data end · 104 u64 created wall ms · 112..512 zero
+ *   96 u64 data end · 104 u64 created wall ms
+ *   112 claim nonce (16 B, zero when unclaimed) · 128 u64 claim wall ms · 136 claiming host
+ *   name (64 B, UTF-8, zero padded) · 200..512 zero
  *
  * The record fits in one 512 B sector, so its write is atomic on 512 B and 4 KiB sector devices
- * alike. The VG UUID is a hint for scanning: the metadata areas are the truth.
+ * alike. The VG UUID is a hint for scanning: the metadata areas are the truth. The claim is the
+ * mark a host leaves while it makes a free PV part of a VG (pv-claim.ts); labels written before
+ * claims existed have zeroes there, which read as "unclaimed".
  */
 import { randomUUID } from 'node:crypto';
 import type { BlockDevice } from '../disk/block-device.js';
@@ -52,7 +56,18 @@ export interface PvLabel extends PvGeometry {
   /** '' when the PV is in no VG. */
   readonly vgUuid: string;
   readonly createdWallMs: number;
+  /** Set while a host claims this free PV for a VG (pv-claim.ts). */
+  readonly claim?: PvClaimMark;
 }
+
+/** Who claims a free PV: a random nonce per claim, and for people the host and its wall clock. */
+export interface PvClaimMark {
+  readonly nonce: string;
+  readonly wallMs: number;
+  readonly hostName: string;
+}
+
+export const claimHostNameBytesMax = 64;
 
 const offsets = {
   magic: 0,
@@ -68,6 +83,9 @@ const offsets = {
   dataStart: 88,
   dataEnd: 96,
   createdWallMs: 104,
+  claimNonce: 112,
+  claimWallMs: 128,
+  claimHostName: 136,
 } as const;
 
 const uuidPattern = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -173,16 +191,48 @@ export function encodePvLabel(label: PvLabel): Buffer {
   writeU64(block, label.dataStartBytes, offsets.dataStart);
   writeU64(block, label.dataEndBytes, offsets.dataEnd);
   writeU64(block, label.createdWallMs, offsets.createdWallMs);
+  if (label.claim !== undefined) encodeClaim(block, label.claim);
   block.writeUInt32LE(labelCrc(block), offsets.crc);
   // Assert around every on-disk record (STYLE.md): what we write must read back as what we meant.
   const decoded = decodePvLabel(block, 'encodePvLabel');
   assert(
     decoded.pvUuid === label.pvUuid &&
       decoded.vgUuid === label.vgUuid &&
-      decoded.createdWallMs === label.createdWallMs,
+      decoded.createdWallMs === label.createdWallMs &&
+      decoded.claim?.nonce === label.claim?.nonce,
     'PV label round trip',
   );
   return block;
+}
+
+/** The label without its claim (a claim ends when the PV joins a VG, or is given up). */
+export function withoutClaim(label: PvLabel): PvLabel {
+  const copy: { -readonly [K in keyof PvLabel]: PvLabel[K] } = { ...label };
+  delete copy.claim;
+  return copy;
+}
+
+function encodeClaim(block: Buffer, claim: PvClaimMark): void {
+  assert(claim.nonce !== '', 'a claim has a nonce');
+  encodeUuid(claim.nonce, 'claim nonce').copy(block, offsets.claimNonce);
+  writeU64(block, claim.wallMs, offsets.claimWallMs);
+  const name = Buffer.from(claim.hostName, 'utf8');
+  assert(name.length <= claimHostNameBytesMax, `claiming host name of ${name.length} bytes`);
+  name.copy(block, offsets.claimHostName);
+}
+
+function decodeClaim(block: Buffer, where: string): PvClaimMark | undefined {
+  const nonce = decodeUuid(block.subarray(offsets.claimNonce, offsets.claimNonce + 16));
+  if (nonce === '') return undefined;
+  const wallMs = readSafeU64(block, offsets.claimWallMs);
+  if (wallMs === undefined) throw corrupt(where, 'field claim wall ms is out of range');
+  const nameBytes = block.subarray(
+    offsets.claimHostName,
+    offsets.claimHostName + claimHostNameBytesMax,
+  );
+  const end = nameBytes.indexOf(0);
+  const hostName = nameBytes.subarray(0, end === -1 ? nameBytes.length : end).toString('utf8');
+  return { nonce, wallMs, hostName };
 }
 
 function corrupt(where: string, problem: string): TandemError {
@@ -269,11 +319,13 @@ export function decodePvLabel(block: Buffer, where: string): PvLabel {
   if (pvUuid === '') throw corrupt(where, 'has no PV UUID');
   const geometry = readGeometryFields(block, where);
   checkGeometry(geometry, where);
+  const claim = decodeClaim(block, where);
   return {
     ...geometry,
     pvUuid,
     vgUuid: decodeUuid(block.subarray(offsets.vgUuid, offsets.vgUuid + 16)),
     createdWallMs,
+    ...(claim === undefined ? {} : { claim }),
   };
 }
 
@@ -380,7 +432,8 @@ export async function writePvVgUuid(
   label: PvLabel,
   vgUuid: string,
 ): Promise<PvLabel> {
-  const updated: PvLabel = { ...label, vgUuid };
+  // A claim ends when the PV joins a VG (or leaves one): the label no longer carries it.
+  const updated: PvLabel = { ...withoutClaim(label), vgUuid };
   await device.write(encodePvLabel(updated), 0);
   return updated;
 }

@@ -62,6 +62,7 @@ function statusForCode(code: ErrorCode): grpc.status {
     case 'LOCK_HELD':
     case 'LOCK_CONTENDED':
     case 'HOST_ID_BUSY':
+    case 'PV_CLAIM_LOST':
       return grpc.status.ABORTED;
     case 'LOCK_TIMEOUT':
       return grpc.status.DEADLINE_EXCEEDED;

@@ -9,6 +9,8 @@
  */
 import { randomUUID } from 'node:crypto';
 import { TandemError, isTandemError } from '../errors.js';
+import { systemClock } from '../clock.js';
+import { type PvClaim, claimFreePvs, releaseClaims } from '../clvm/pv-claim.js';
 import { createPv, readPvLabel } from '../clvm/pv-label.js';
 import { type PvHandle, commitVgMetadata, removeVgMetadata } from '../clvm/metadata-store.js';
 import {
@@ -64,6 +66,17 @@ export class VolumeOperations {
 
   private get host(): VolumeHost {
     return this.parts.host();
+  }
+
+  /** Claims free PVs against other hosts doing the same (src/clvm/pv-claim.ts). */
+  private claim(handles: PvHandle[], ioTimeoutMs: number, purpose: string): Promise<PvClaim> {
+    return claimFreePvs(handles, {
+      hostName: this.parts.hostName,
+      ioTimeoutMs,
+      clock: systemClock,
+      logger: this.parts.logger,
+      purpose,
+    });
   }
 
   private context(): operations.ChangeContext {
@@ -153,6 +166,26 @@ export class VolumeOperations {
     const extentSizeBytes = input.extentSizeBytes ?? extentSizeBytesDefault;
     const maxHosts = input.maxHosts ?? maxHostsDefault;
     const ioTimeoutMs = input.ioTimeoutMs ?? ioTimeoutMsDefault;
+    const claim = await this.claim(handles, ioTimeoutMs, `vg create ${input.name}`);
+    try {
+      return await this.createClaimedVg(input, handles, claim, {
+        extentSizeBytes,
+        maxHosts,
+        ioTimeoutMs,
+      });
+    } catch (error) {
+      await releaseClaims(handles, claim.nonce, this.parts.logger);
+      throw error;
+    }
+  }
+
+  private async createClaimedVg(
+    input: CreateVgInput,
+    handles: PvHandle[],
+    claim: PvClaim,
+    settings: { extentSizeBytes: number; maxHosts: number; ioTimeoutMs: number },
+  ): Promise<VgEntry> {
+    const { extentSizeBytes, maxHosts, ioTimeoutMs } = settings;
     const maxLvs = input.maxLvs ?? maxLvsDefault;
     const sectorBytes = Math.max(...handles.map((handle) => handle.device.logicalSectorSizeBytes));
     const lockspaceOptions = {
@@ -181,8 +214,10 @@ export class VolumeOperations {
     // between leaves blank PVs, never a VG whose lockspace nobody can join.
     const vg = new ClusteredVg(metadata, handles, this.parts.logger);
     const device = lockspaceDevice(vg);
+    claim.check();
     await formatLockspace(device, { ...lockspaceOptions, force: true, wallMs: Date.now() });
     await device.close();
+    claim.check();
     await commitVgMetadata(handles, metadata);
     this.parts.logger.info('VG created', {
       vg: input.name,
@@ -198,16 +233,25 @@ export class VolumeOperations {
   async extendVg(name: string, pvPaths: readonly string[]): Promise<VgEntry> {
     const entry = this.host.byName(name);
     const handles = await this.freePvHandles(pvPaths);
-    for (const handle of handles) entry.vg.addHandle(handle);
-    await this.change(entry, {
-      description: `vg extend ${name} ${pvPaths.join(' ')}`,
-      apply: (current) =>
-        operations.extendVg(
-          current,
-          handles.map((handle) => pvRecordOf(handle, current.extentSizeBytes)),
-          this.context(),
-        ),
-    });
+    const description = `vg extend ${name} ${pvPaths.join(' ')}`;
+    const claim = await this.claim(handles, entry.vg.metadata.ioTimeoutMs, description);
+    try {
+      for (const handle of handles) entry.vg.addHandle(handle);
+      await this.change(entry, {
+        description,
+        apply: (current) => {
+          claim.check();
+          return operations.extendVg(
+            current,
+            handles.map((handle) => pvRecordOf(handle, current.extentSizeBytes)),
+            this.context(),
+          );
+        },
+      });
+    } catch (error) {
+      await releaseClaims(handles, claim.nonce, this.parts.logger);
+      throw error;
+    }
     return entry;
   }
 
