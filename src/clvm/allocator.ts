@@ -11,6 +11,10 @@
  * - `anywhere`: as normal, but two stripes of a segment may share a PV when that gives a larger
  *   segment (or when there are fewer PVs with free space than stripes).
  *
+ * PVs marked not allocatable (`pv change --allocatable n`, and the source of a pv move) are
+ * never allocated on, as excluded and missing ones; a VG_NO_SPACE message counts the free extents
+ * they hold, so that a user knows where the space went.
+ *
  * Rounding: the caller rounds a striped request up to a multiple of the stripe count (see
  * roundUpToStripes); the allocator asserts it, so every segment it returns maps whole rows.
  */
@@ -27,7 +31,7 @@ export interface AllocationRequest {
   /** For stripes ≥ 2 (default stripeSizeBytesDefault); linear segments always get 0. */
   readonly stripeSizeBytes?: number;
   readonly policy: AllocationPolicy;
-  /** The PVs allowed; all PVs of the VG when absent. */
+  /** The PVs allowed (those not allocatable are left out); all PVs of the VG when absent. */
   readonly pvUuids?: readonly string[];
   readonly excludePvUuids?: readonly string[];
   /** PVs this host cannot reach: never allocated on, whatever the other lists say. */
@@ -92,9 +96,16 @@ export function allocateExtents(md: VgMetadata, request: AllocationRequest): LvS
     `extent count ${extentCount} must be a positive multiple of the stripe count ${stripes}`,
   );
   const stripeSizeBytes = stripes === 1 ? 0 : (request.stripeSizeBytes ?? stripeSizeBytesDefault);
-  const space = candidateFreeSpace(md, request);
+  const { space, heldBack } = candidateFreeSpace(md, request);
+  const noSpace = (message: string, details: Record<string, unknown>): TandemError =>
+    noSpaceError(`${message}${heldBack}`, details);
   const freeCount = space.reduce((sum, pv) => sum + freeOf(pv), 0);
-  const scope = request.pvUuids === undefined ? `in VG ${md.name}` : 'on the allowed PVs';
+  const scope =
+    request.pvUuids !== undefined
+      ? 'on the allowed PVs'
+      : heldBack === ''
+        ? `in VG ${md.name}`
+        : `on the allocatable PVs of VG ${md.name}`;
   if (freeCount < extentCount) {
     throw noSpace(`needs ${extentCount} free extents, only ${freeCount} are free ${scope}`, {
       neededExtentCount: extentCount,
@@ -118,7 +129,7 @@ export function allocateExtents(md: VgMetadata, request: AllocationRequest): LvS
         { neededExtentCount: extentCount, freeExtentCount: freeCount },
       );
     }
-    rows.push(contiguousRow(space, stripes, remaining, extentCount, freeCount));
+    rows.push(contiguousRow(space, stripes, remaining, { extentCount, freeCount, noSpace }));
     remaining = 0;
   }
   while (remaining > 0) {
@@ -139,7 +150,15 @@ export function allocateExtents(md: VgMetadata, request: AllocationRequest): LvS
   return toSegments(rows, stripeSizeBytes, request);
 }
 
-function candidateFreeSpace(md: VgMetadata, request: AllocationRequest): PvFreeSpace[] {
+/**
+ * The free runs the request may use: on the allowed PVs, less the excluded, missing and not
+ * allocatable ones. `heldBack` names the allowed PVs with free extents that are not allocatable,
+ * for the VG_NO_SPACE message.
+ */
+function candidateFreeSpace(
+  md: VgMetadata,
+  request: AllocationRequest,
+): { space: PvFreeSpace[]; heldBack: string } {
   const known = new Set(md.pvs.map((pv) => pv.uuid));
   for (const pvUuid of request.pvUuids ?? []) {
     if (!known.has(pvUuid)) {
@@ -152,13 +171,32 @@ function candidateFreeSpace(md: VgMetadata, request: AllocationRequest): PvFreeS
   for (const pvUuid of [...(request.excludePvUuids ?? []), ...(request.missingPvUuids ?? [])]) {
     allowed.delete(pvUuid);
   }
+  const notAllocatable = new Set(md.pvs.filter((pv) => !pv.allocatable).map((pv) => pv.uuid));
   const space: PvFreeSpace[] = [];
+  const held: PvFreeSpace[] = [];
   for (const [pvUuid, runs] of freeExtentRuns(md)) {
     if (allowed.has(pvUuid)) {
-      space.push({ pvUuid, runs });
+      (notAllocatable.has(pvUuid) ? held : space).push({ pvUuid, runs });
     }
   }
-  return space;
+  return { space, heldBack: heldBackNote(md, held) };
+}
+
+/** "; 12 more free extents are on PVs marked not allocatable: …", or "" when there are none. */
+function heldBackNote(md: VgMetadata, held: readonly PvFreeSpace[]): string {
+  const withFree = held.filter((pv) => freeOf(pv) > 0);
+  if (withFree.length === 0) {
+    return '';
+  }
+  const count = withFree.reduce((sum, pv) => sum + freeOf(pv), 0);
+  const names = withFree.map((pv) => {
+    const hint = md.pvs.find((candidate) => candidate.uuid === pv.pvUuid)?.deviceHint;
+    return `PV ${pv.pvUuid}${hint === undefined ? '' : ` (${hint})`}`;
+  });
+  return (
+    `; ${count} more free extents are on PVs marked not allocatable: ${names.join(', ')} ` +
+    '(pv change PATH --allocatable y allows them)'
+  );
 }
 
 /** The row that grows the LV's last segment in place, if every one of its areas can grow. */
@@ -197,9 +235,13 @@ function contiguousRow(
   space: PvFreeSpace[],
   stripes: number,
   count: number,
-  extentCount: number,
-  freeCount: number,
+  failure: {
+    readonly extentCount: number;
+    readonly freeCount: number;
+    readonly noSpace: (message: string, details: Record<string, unknown>) => TandemError;
+  },
 ): AllocatedRow {
+  const { extentCount, freeCount, noSpace } = failure;
   const fitting = byFreeDescending(space.filter((pv) => largestRun(pv) >= count));
   if (fitting.length < stripes) {
     const largest = Math.max(0, ...space.map(largestRun));
@@ -371,6 +413,6 @@ function byFreeDescending(space: PvFreeSpace[]): PvFreeSpace[] {
   return [...space].sort((a, b) => freeOf(b) - freeOf(a));
 }
 
-function noSpace(message: string, details: Record<string, unknown>): TandemError {
+function noSpaceError(message: string, details: Record<string, unknown>): TandemError {
   return new TandemError('VG_NO_SPACE', `not enough free space: ${message}`, { details });
 }

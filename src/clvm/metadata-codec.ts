@@ -54,6 +54,8 @@ function pvToWire(pv: PvRecord) {
     sizeBytes: u64(pv.sizeBytes, 'pv.sizeBytes'),
     dataStartBytes: u64(pv.dataStartBytes, 'pv.dataStartBytes'),
     extentCount: u32(pv.extentCount, 'pv.extentCount'),
+    // Negated on the wire, so metadata written before the flag existed reads as allocatable.
+    notAllocatable: !pv.allocatable,
   };
 }
 
@@ -218,6 +220,7 @@ function pvFromWire(fields: FieldReader): PvRecord {
     sizeBytes: fields.uint64('sizeBytes'),
     dataStartBytes: fields.uint64('dataStartBytes'),
     extentCount: fields.uint32('extentCount'),
+    allocatable: !fields.boolean('notAllocatable'),
   };
 }
 

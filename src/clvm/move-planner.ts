@@ -16,8 +16,10 @@
  *
  * After a crash with md.move set, the step is copied again from its start and finished (or
  * aborted with abortMoveStep, which leaves every mapping as it was); the loop then resumes with
- * the progress carried in that record. Between steps md.move is undefined: the caller should keep
- * the source PV out of new allocations (excludePvUuids) while its move runs.
+ * the progress carried in that record. Between steps md.move is undefined: the caller marks the
+ * source PV not allocatable before the first step (setPvAllocatable), so that no new LV or
+ * extension lands on it while its move runs. Steps only go to allocatable PVs; a target named
+ * explicitly that is not allocatable is refused.
  *
  * A step moves one run of one area of one segment, always from the segment's first LE: for a
  * linear segment up to maxStepExtents PEs; for a striped segment up to maxStepExtents PEs of the
@@ -118,8 +120,10 @@ export function beginMoveStep(
   const free = freeExtentRuns(md).get(record.targetPvUuid) ?? [];
   const targetCount = record.extentCount / (segmentAt(lv, record.lvExtentStart)?.areas.length ?? 1);
   const targetEnd = record.targetPvExtentStart + targetCount;
+  const target = md.pvs.find((pv) => pv.uuid === record.targetPvUuid);
   if (
     lv === undefined ||
+    target?.allocatable !== true ||
     !free.some(
       (run) =>
         run.pvExtentStart <= record.targetPvExtentStart &&
@@ -128,7 +132,8 @@ export function beginMoveStep(
   ) {
     throw new TandemError(
       'FAILED_PRECONDITION',
-      'the move step was planned on other metadata (its LV or target run changed); plan again',
+      'the move step was planned on other metadata (its LV or target run changed, or the ' +
+        'target PV is no longer allocatable); plan again',
     );
   }
   return commitChange(
@@ -239,6 +244,9 @@ function chooseTargetRun(
   for (const pvUuid of options.missingPvUuids ?? []) {
     allowed.delete(pvUuid);
   }
+  for (const pv of md.pvs) {
+    if (!pv.allocatable) allowed.delete(pv.uuid);
+  }
   // Two stripes of one segment on one PV would halve its bandwidth: keep them apart.
   segment?.areas.forEach((area, index) => index !== areaIndex && allowed.delete(area.pvUuid));
   const candidates = [...freeExtentRuns(md)]
@@ -268,7 +276,8 @@ function chooseTargetRun(
       `not enough free space: moving LV ${lv.name} off PV ${options.sourcePvUuid} needs free ` +
         `extents on another PV${segment !== undefined && segment.areas.length > 1 ? ' not holding another stripe of it' : ''}; ` +
         `${pvUsedExtents(md, options.sourcePvUuid)} extents are still to move and none are free ` +
-        'on the allowed PVs; add a PV (vg extend) or free space',
+        `on the allowed PVs${notAllocatableNote(md, options.sourcePvUuid)}; add a PV (vg extend) ` +
+        'or free space',
     );
   }
   return { ...chosen, extentCount: Math.min(wanted, chosen.extentCount) };
@@ -278,14 +287,7 @@ function checkPlanOptions(md: VgMetadata, options: MovePlanOptions): void {
   if (md.move !== undefined) {
     throw moveInProgress(md);
   }
-  for (const pvUuid of [options.sourcePvUuid, ...options.targetPvUuids]) {
-    if (!md.pvs.some((pv) => pv.uuid === pvUuid)) {
-      throw new TandemError('PV_NOT_FOUND', `PV ${pvUuid} is not in VG ${md.name}`);
-    }
-  }
-  if (options.targetPvUuids.includes(options.sourcePvUuid)) {
-    throw new TandemError('INVALID_ARGUMENT', 'the source PV cannot also be a target PV');
-  }
+  checkMovePvs(md, options);
   if (!Number.isSafeInteger(options.maxStepExtents) || options.maxStepExtents < 1) {
     throw new TandemError('INVALID_ARGUMENT', 'the move step size must be at least one extent');
   }
@@ -295,6 +297,41 @@ function checkPlanOptions(md: VgMetadata, options: MovePlanOptions): void {
       `PV ${options.sourcePvUuid} is missing on this host, so its extents cannot be copied`,
     );
   }
+}
+
+/**
+ * The source and target PVs of a move are PVs of the VG, the source is not a target, and every
+ * target named is allocatable. Also for the caller to check before it changes anything.
+ */
+export function checkMovePvs(
+  md: VgMetadata,
+  options: Pick<MovePlanOptions, 'sourcePvUuid' | 'targetPvUuids'>,
+): void {
+  for (const pvUuid of [options.sourcePvUuid, ...options.targetPvUuids]) {
+    if (!md.pvs.some((pv) => pv.uuid === pvUuid)) {
+      throw new TandemError('PV_NOT_FOUND', `PV ${pvUuid} is not in VG ${md.name}`);
+    }
+  }
+  if (options.targetPvUuids.includes(options.sourcePvUuid)) {
+    throw new TandemError('INVALID_ARGUMENT', 'the source PV cannot also be a target PV');
+  }
+  const held = md.pvs.filter((pv) => options.targetPvUuids.includes(pv.uuid) && !pv.allocatable);
+  if (held.length > 0) {
+    throw new TandemError(
+      'FAILED_PRECONDITION',
+      `target PV ${held.map((pv) => `${pv.uuid} (${pv.deviceHint})`).join(', ')} is marked not ` +
+        'allocatable; allow it first (pv change PATH --allocatable y) or name another target',
+      { details: { pvUuids: held.map((pv) => pv.uuid) } },
+    );
+  }
+}
+
+/** " (PVs marked not allocatable are not used: …)" when the VG has such PVs besides the source. */
+function notAllocatableNote(md: VgMetadata, sourcePvUuid: string): string {
+  const held = md.pvs.filter((pv) => !pv.allocatable && pv.uuid !== sourcePvUuid);
+  return held.length === 0
+    ? ''
+    : ` (PVs marked not allocatable are not used: ${held.map((pv) => pv.deviceHint).join(', ')})`;
 }
 
 /** The first LV (in metadata order) and segment with an area on the PV, and that area. */

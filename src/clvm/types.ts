@@ -40,6 +40,11 @@ export interface PvRecord {
   readonly dataStartBytes: number;
   /** Physical extents in the data area. */
   readonly extentCount: number;
+  /**
+   * Whether new extents may be allocated on the PV (LVM's pvchange -x y|n). pv move clears it
+   * on its source PV; extents already on a PV that is not allocatable stay where they are.
+   */
+  readonly allocatable: boolean;
 }
 
 /** One PV run of a segment: `extentCount / stripes` PEs from `pvExtentStart` on `pvUuid`. */

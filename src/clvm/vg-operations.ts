@@ -196,6 +196,32 @@ export function reduceVg(md: VgMetadata, pvUuid: string, context: ChangeContext)
 }
 
 /**
+ * Whether new extents may be allocated on a PV (pvchange -x y|n); the extents on it stay. Returns
+ * `md` itself, with no new seqno, when the PV already is in that state: nothing to commit.
+ */
+export function setPvAllocatable(
+  md: VgMetadata,
+  pvUuid: string,
+  allocatable: boolean,
+  context: ChangeContext,
+): VgMetadata {
+  const pv = md.pvs.find((member) => member.uuid === pvUuid);
+  if (pv === undefined) {
+    throw new TandemError('PV_NOT_FOUND', `PV ${pvUuid} is not in VG ${md.name}`);
+  }
+  if (pv.allocatable === allocatable) {
+    return md;
+  }
+  const pvs = md.pvs.map((member) => (member === pv ? { ...pv, allocatable } : member));
+  return commitChange(
+    md,
+    { pvs },
+    `pv change ${pv.deviceHint} allocatable ${allocatable ? 'y' : 'n'}`,
+    context,
+  );
+}
+
+/**
  * The first step of vg remove: marks a VG without user LVs as being removed, so every host leaves
  * its lockspace before the PVs are wiped. No change is accepted after it.
  */

@@ -106,6 +106,10 @@ function validatePvs(md: VgMetadata): void {
       `PV ${pv.uuid} has a size, data start or extent count that is not a whole number`,
     );
     check(
+      typeof pv.allocatable === 'boolean',
+      `PV ${pv.uuid}: allocatable is ${String(pv.allocatable)}, not a boolean`,
+    );
+    check(
       pv.dataStartBytes + pv.extentCount * md.extentSizeBytes <= pv.sizeBytes,
       `PV ${pv.uuid}: ${pv.extentCount} extents from byte ${pv.dataStartBytes} pass its end`,
     );

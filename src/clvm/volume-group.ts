@@ -55,7 +55,11 @@ export function decodeSeqnoValue(value: Buffer): number | undefined {
 export interface VgChange {
   /** For logs and the metadata's lastChange: "lv create vm1-disk0". */
   readonly description: string;
-  /** Returns the next metadata (seqno + 1), or throws a TandemError to refuse the change. */
+  /**
+   * Returns the next metadata (seqno + 1), `current` itself when there is nothing to change
+   * (nothing is committed then, and afterCommit does not run), or throws a TandemError to refuse
+   * the change.
+   */
   apply(current: VgMetadata): VgMetadata | Promise<VgMetadata>;
   /**
    * Runs after the commit, while the VG lock is still held: the place to stop using extents
@@ -194,6 +198,14 @@ export class ClusteredVg {
       await this.refresh();
       const before = this.current;
       const next = await change.apply(before);
+      if (next === before) {
+        this.logger.debug('VG change: nothing to commit', {
+          vg: before.name,
+          change: change.description,
+          seqno: before.seqno,
+        });
+        return before;
+      }
       if (next.seqno !== before.seqno + 1 || next.uuid !== before.uuid) {
         throw new Error(
           `assertion: a change must bump the seqno by one (got ${before.seqno} -> ${next.seqno})`,

@@ -14,6 +14,11 @@
  * the next `pv move` of that PV copies that step again from its start (the source still holds
  * every acknowledged write, because reads and writes used it until step 4), then goes on.
  *
+ * Before the first step the source PV is marked not allocatable, as pvchange -x n, so no new LV
+ * or extension lands on the PV being emptied; it stays so after the move (the PV is emptied to
+ * be removed), and `pv change PATH --allocatable y` undoes it. A resumed move finds it already
+ * marked and commits nothing for it.
+ *
  * The copy runs on the host where the LV is active (its writes pass through this host's LV
  * device, so only this host can mirror them). An LV active on another host stops the move with
  * a message naming that host; an inactive LV is copied under its lease held exclusive here, so
@@ -26,6 +31,7 @@ import {
   beginMoveStep,
   finishMoveStep,
   abortMoveStep,
+  checkMovePvs,
   moveStepExtentsDefault,
   moveStepExtentsMax,
 } from '../clvm/move-planner.js';
@@ -33,6 +39,7 @@ import type { PvMoveRecord, VgMetadata } from '../clvm/types.js';
 import { findLvByUuid, pvUsedExtents } from '../clvm/vg-queries.js';
 import type { Logger } from '../log.js';
 import { type LvActivations, describeHolders, lvLeaseName } from './lv-activations.js';
+import { pvAllocatableChange } from './pv-changes.js';
 import type { VgEntry, VolumeHost } from './volume-host.js';
 import type { VolumeOperations } from './volume-operations.js';
 
@@ -131,19 +138,7 @@ export class PvMover {
     signal: AbortSignal,
   ): Promise<MoveProgressReport> {
     const { sourcePvUuid, targetPvUuids } = plan;
-    await entry.vg.refresh();
-    const pending = entry.vg.metadata.move;
-    if (pending !== undefined && pending.sourcePvUuid !== sourcePvUuid) {
-      throw new TandemError(
-        'MOVE_IN_PROGRESS',
-        `VG ${entry.vg.name} has an unfinished move of another PV (${this.parts.host().pathOf(pending.sourcePvUuid) ?? pending.sourcePvUuid}); run pv move on it first`,
-      );
-    }
-    checkMovable(
-      entry.vg.metadata,
-      sourcePvUuid,
-      this.parts.host().pathOf(sourcePvUuid) ?? sourcePvUuid,
-    );
+    const pending = await this.prepare(entry, sourcePvUuid, targetPvUuids);
     let total = pending?.totalExtentCount ?? pvUsedExtents(entry.vg.metadata, sourcePvUuid);
     let last = this.report(
       entry.vg.metadata,
@@ -198,6 +193,42 @@ export class PvMover {
     }
     this.parts.logger.info('PV move finished', { vg: entry.vg.name, extents: total });
     return last;
+  }
+
+  /**
+   * Before the first step: refuses what cannot be moved or where it cannot go, then marks the
+   * source PV not allocatable (a resumed move finds it so and commits nothing). Returns the
+   * interrupted step, if any.
+   */
+  private async prepare(
+    entry: VgEntry,
+    sourcePvUuid: string,
+    targetPvUuids: readonly string[],
+  ): Promise<PvMoveRecord | undefined> {
+    await entry.vg.refresh();
+    const sourceName = this.parts.host().pathOf(sourcePvUuid) ?? sourcePvUuid;
+    const pending = entry.vg.metadata.move;
+    if (pending !== undefined && pending.sourcePvUuid !== sourcePvUuid) {
+      throw new TandemError(
+        'MOVE_IN_PROGRESS',
+        `VG ${entry.vg.name} has an unfinished move of another PV (${this.parts.host().pathOf(pending.sourcePvUuid) ?? pending.sourcePvUuid}); run pv move on it first`,
+      );
+    }
+    checkMovable(entry.vg.metadata, sourcePvUuid, sourceName);
+    // A move refused for its targets (not allocatable, say) leaves the source as it was.
+    checkMovePvs(entry.vg.metadata, { sourcePvUuid, targetPvUuids });
+    const source = entry.vg.metadata.pvs.find((pv) => pv.uuid === sourcePvUuid);
+    if (source?.allocatable === true) {
+      await this.parts.operations.change(
+        entry,
+        pvAllocatableChange(sourceName, sourcePvUuid, false, () => this.context()),
+      );
+      this.parts.logger.info('PV marked not allocatable for its move (as pvchange -x n)', {
+        vg: entry.vg.name,
+        pv: sourceName,
+      });
+    }
+    return pending;
   }
 
   /** Steps 2-4 of one move step (see the top of this file). */

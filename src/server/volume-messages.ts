@@ -81,6 +81,7 @@ export function pvMessages(host: VolumeHost): Pv[] {
         extentCount: pv.extentCount,
         freeExtentCount: pv.extentCount - pvUsedExtents(metadata, pv.uuid),
         missing: handle === undefined,
+        allocatable: pv.allocatable,
       });
     }
   }
@@ -94,6 +95,8 @@ export function pvMessages(host: VolumeHost): Pv[] {
       extentCount: 0,
       freeExtentCount: 0,
       missing: false,
+      // Nothing is allocated on a PV until it is in a VG (LVM's pv_attr shows no 'a' either).
+      allocatable: false,
     });
   }
   return pvs.sort((a, b) => (a.path ?? '').localeCompare(b.path ?? ''));

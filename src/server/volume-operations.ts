@@ -27,6 +27,7 @@ import { computeLayout, formatLockspace, maxHostsDefault } from '../heartbeat-st
 import type { LockService } from '../locking/types.js';
 import type { Logger } from '../log.js';
 import { type LvActivations, describeHolders, findUserLv, lvLeaseName } from './lv-activations.js';
+import { findVgPv, pvAllocatableChange } from './pv-changes.js';
 import { type VgEntry, type VolumeHost, lockspaceDevice } from './volume-host.js';
 
 export const ioTimeoutMsDefault = 2_000;
@@ -89,8 +90,11 @@ export class VolumeOperations {
     if (entry.vg.metadata.removing === true) {
       throw new TandemError('VG_NOT_FOUND', `VG ${entry.vg.name} is being removed`);
     }
+    const seqnoBefore = entry.vg.metadata.seqno;
     const next = await entry.vg.change(locks, change, { signal });
-    await this.host.committed(entry);
+    // A change with nothing to commit (pv change to the value the PV has) pushes nothing, unless
+    // the VG was re-read at a newer seqno meanwhile: its effects must still be applied here.
+    if (next.seqno !== seqnoBefore) await this.host.committed(entry);
     return next;
   }
 
@@ -122,6 +126,16 @@ export class VolumeOperations {
     await removeVgMetadata([handle], { wipeLabel: true });
     await this.host.forgetDevice(pvPath);
     this.parts.logger.info('PV removed', { path: pvPath, uuid: handle.label.pvUuid });
+  }
+
+  /** pv change PATH --allocatable y|n (pvchange -x y|n); no commit when the PV already is so. */
+  async changePv(pvPath: string, allocatable: boolean): Promise<VgEntry> {
+    const { entry, pvUuid } = findVgPv(this.host, pvPath);
+    await this.change(
+      entry,
+      pvAllocatableChange(pvPath, pvUuid, allocatable, () => this.context()),
+    );
+    return entry;
   }
 
   /** The PVs to add to a VG: labelled here if blank, and in no VG. */
@@ -604,5 +618,7 @@ export function pvRecordOf(handle: PvHandle, extentSizeBytes: number): PvRecord 
     sizeBytes: label.deviceSizeBytes,
     dataStartBytes: label.dataStartBytes,
     extentCount: Math.floor((label.dataEndBytes - label.dataStartBytes) / extentSizeBytes),
+    // A new PV of a VG is allocatable, as with vgcreate and vgextend.
+    allocatable: true,
   };
 }

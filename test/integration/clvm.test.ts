@@ -75,6 +75,61 @@ async function metadataOnDisk(pvDirectory: string): Promise<VgMetadata> {
   return validateVgMetadata((await readVgOnDisk(pvDirectory)).metadata);
 }
 
+async function pvAllocatable(daemon: DaemonHandle, pvPath: string): Promise<unknown> {
+  const output = checkOk(await daemon.runCli(['pv', 'list', '--json']), 'pv list');
+  const { pvs } = JSON.parse(output) as { pvs: Array<{ path: string; allocatable: boolean }> };
+  return pvs.find((candidate) => candidate.path === pvPath)?.allocatable;
+}
+
+/**
+ * After a pv move, its source PV is not allocatable (pvchange -x n): a new LV goes elsewhere and
+ * one asked for on it is refused; `pv change --allocatable y` on another host undoes it.
+ */
+async function checkSourceNotAllocatable(
+  a: DaemonHandle,
+  b: DaemonHandle,
+  sourcePath: string,
+): Promise<void> {
+  assert.equal(await pvAllocatable(a, sourcePath), false);
+  checkOk(await a.runCli(['lv', 'create', '-n', 'after-move', '-L', '8M', 'vg0']), 'lv create');
+  const listed = checkOk(
+    await a.runCli(['lv', 'list', '-o', 'name,segment_details', '--json']),
+    'lv list',
+  );
+  const { lvs } = JSON.parse(listed) as { lvs: Array<{ name: string; segment_details: string[] }> };
+  const areas = lvs.find((lv) => lv.name === 'after-move')?.segment_details ?? [];
+  assert.ok(areas.length > 0, 'the new LV has segments');
+  assert.ok(
+    areas.every((area) => !area.startsWith(`${sourcePath}:`)),
+    `not on the source: ${areas.join(' ')}`,
+  );
+  const refused = await a.runCli([
+    'lv',
+    'create',
+    '-n',
+    'on-source',
+    '-L',
+    '4M',
+    'vg0',
+    sourcePath,
+  ]);
+  assert.equal(refused.code, 1);
+  assert.match(refused.stderr, /marked not allocatable: PV .*\(VG_NO_SPACE\)/);
+  checkOk(await a.runCli(['lv', 'remove', 'vg0/after-move']), 'lv remove after-move');
+  checkOk(await b.runCli(['pv', 'change', sourcePath, '--allocatable', 'y']), 'pv change on B');
+  await waitFor(async () => (await pvAllocatable(a, sourcePath)) === true, {
+    timeoutMs: seenWithinMs,
+    intervalMs: 50,
+    description: 'A sees the PV allocatable again',
+  });
+  // Already allocatable: nothing is committed.
+  const seqnoOf = async (): Promise<unknown> =>
+    (await vgsOf(a)).find((vg) => vg.name === 'vg0')?.seqno;
+  const seqno = await seqnoOf();
+  checkOk(await a.runCli(['pv', 'change', sourcePath, '--allocatable', 'yes']), 'pv change again');
+  assert.equal(await seqnoOf(), seqno);
+}
+
 describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () => {
   const cleanup = new CleanupStack();
   let directory = '';
@@ -348,6 +403,7 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
     const exit = await fio.waitForExit(120_000);
     assert.equal(exit.code, 0, fio.stderr());
     assert.equal(parseFioJson(fio.stdout())[0]?.error, 0);
+    await checkSourceNotAllocatable(a, daemon('b'), source.deviceHint);
     checkOk(await a.runCli(['vg', 'reduce', 'vg0', source.deviceHint]), 'vg reduce');
     const after = await metadataOnDisk(pvDirectory);
     assert.ok(!after.pvs.some((candidate) => candidate.uuid === source.uuid), 'the PV left the VG');
@@ -386,6 +442,9 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
     assert.equal(written.code, 0, written.stderr);
     checkOk(await a.runCli(['lv', 'deactivate', 'vg0/big']), 'deactivate big');
 
+    // The log already holds the steps of the move before: wait for one of this move.
+    const stepsDone = (): number => (a.stderr().match(/pv move step done/g) ?? []).length;
+    const stepsBefore = stepsDone();
     const move = startBackground(
       process.execPath,
       [cliBin, '--server', a.grpcAddress, 'pv', 'move', source.deviceHint, '--step-extents', '16'],
@@ -393,7 +452,7 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
     );
     cleanup.defer('stop pv move', () => move.stop());
     // Kill the daemon right after the first step's checkpoint: at least one more step is left.
-    await waitFor(async () => /pv move step done/.test(a.stderr()), {
+    await waitFor(async () => stepsDone() > stepsBefore, {
       timeoutMs: 60_000,
       intervalMs: 5,
       description: 'a first move step',
@@ -428,6 +487,9 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
     checkOk(again ?? { code: 1, stdout: '', stderr: 'no run' }, 'pv move again');
     const moved = await metadataOnDisk(pvDirectory);
     assert.equal(moved.move, undefined, 'no step left recorded');
+    // Marked before the kill; the resumed move found it so and committed nothing for it.
+    assert.equal(moved.pvs.find((candidate) => candidate.uuid === source.uuid)?.allocatable, false);
+    assert.doesNotMatch(a.stderr(), /PV marked not allocatable/);
     assert.ok(
       !moved.lvs.some((lv) =>
         lv.segments.some((segment) => segment.areas.some((area) => area.pvUuid === source.uuid)),

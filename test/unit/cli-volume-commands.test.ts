@@ -37,12 +37,17 @@ describe('tandem pv', () => {
 
   test('list: table and JSON', async () => {
     daemon.reply('ListPvs', {
-      pvs: [pv(), pv({ path: '/dev/sdd', vgName: '', vgUuid: '', extentCount: 0, missing: true })],
+      pvs: [
+        pv(),
+        pv({ path: '/dev/sdc', allocatable: false }),
+        pv({ path: '/dev/sdd', vgName: '', vgUuid: '', extentCount: 0, missing: true }),
+      ],
     });
     assert.deepEqual((await ok(['pv', 'list'])).split('\n'), [
-      'PV        VG       SIZE   FREE PE  STATUS   UUID',
-      '/dev/sdb  vg0  10.0 GiB  100/2559  -        pv-uuid-1',
-      '/dev/sdd  -    10.0 GiB         -  missing  pv-uuid-1',
+      'PV        VG       SIZE   FREE PE  ALLOC  STATUS   UUID',
+      '/dev/sdb  vg0  10.0 GiB  100/2559  y      -        pv-uuid-1',
+      '/dev/sdc  vg0  10.0 GiB  100/2559  n      -        pv-uuid-1',
+      '/dev/sdd  -    10.0 GiB         -  -      missing  pv-uuid-1',
       '',
     ]);
     const json = JSON.parse(await ok(['pv', 'list', '--json'])) as { pvs: unknown[] };
@@ -55,8 +60,10 @@ describe('tandem pv', () => {
       extentCount: 2559,
       freeExtentCount: 100,
       missing: false,
+      allocatable: true,
     });
-    assert.equal((json.pvs[1] as Record<string, unknown>)['vgName'], null);
+    assert.equal((json.pvs[1] as Record<string, unknown>)['allocatable'], false);
+    assert.equal((json.pvs[2] as Record<string, unknown>)['vgName'], null);
     daemon.reply('ListPvs', { pvs: [] });
     assert.equal(await ok(['pv', 'list']), 'No physical volumes.\n');
   });
@@ -72,6 +79,42 @@ describe('tandem pv', () => {
     assert.equal(failed.code, 1);
     assert.equal(failed.stderr, "tandem: PV /dev/sdb belongs to VG 'vg0' (PV_IN_USE)\n");
     assert.equal(daemon.requests('RemovePv').length, 2);
+  });
+});
+
+describe('tandem pv change', () => {
+  test('--allocatable takes y, n, yes, no; prints the PV or JSON', async () => {
+    daemon.reply('ChangePv', { pv: pv({ allocatable: false }) });
+    assert.equal(
+      await ok(['pv', 'change', '/dev/sdb', '--allocatable', 'n']),
+      'physical volume /dev/sdb changed: allocatable n\n',
+    );
+    await ok(['pv', 'change', 'disk.img', '--allocatable', 'No']);
+    daemon.reply('ChangePv', { pv: pv() });
+    const json = JSON.parse(
+      await ok(['pv', 'change', '/dev/sdb', '--allocatable', 'yes', '--json']),
+    ) as Record<string, unknown>;
+    assert.equal(json['allocatable'], true);
+    assert.equal(json['path'], '/dev/sdb');
+    await ok(['pv', 'change', '/dev/sdb', '--allocatable', 'y']);
+    assert.deepEqual(daemon.requests('ChangePv'), [
+      { path: '/dev/sdb', allocatable: false, _allocatable: 'allocatable' },
+      { path: path.resolve('disk.img'), allocatable: false, _allocatable: 'allocatable' },
+      { path: '/dev/sdb', allocatable: true, _allocatable: 'allocatable' },
+      { path: '/dev/sdb', allocatable: true, _allocatable: 'allocatable' },
+    ]);
+  });
+
+  test('anything but y or n is a usage error, and the flag is required', async () => {
+    await usageError(
+      ['pv', 'change', '/dev/sdb', '--allocatable', 'maybe'],
+      /expected y or n \(yes or no\), not 'maybe'/,
+    );
+    await usageError(
+      ['pv', 'change', '/dev/sdb'],
+      /required option '--allocatable <y\|n>' not specified/,
+    );
+    assert.equal(daemon.requests('ChangePv').length, 0);
   });
 });
 

@@ -8,7 +8,12 @@ import { describe, it } from 'node:test';
 import { allocateExtents, freeExtentRuns, roundUpToStripes } from '../../src/clvm/allocator.js';
 import { beginMoveStep, planMoveStep } from '../../src/clvm/move-planner.js';
 import type { VgMetadata } from '../../src/clvm/types.js';
-import { createLv, removeLv, vgExtentTotals } from '../../src/clvm/vg-operations.js';
+import {
+  createLv,
+  removeLv,
+  setPvAllocatable,
+  vgExtentTotals,
+} from '../../src/clvm/vg-operations.js';
 import { context, deepFreeze, expectCode, lvNamed, newVg } from './clvm-metadata-fixtures.js';
 
 /** vg0 with an LV `name` of `extentCount` extents on one PV (linear, contiguous). */
@@ -217,6 +222,55 @@ describe('allocateExtents, linear', () => {
     expectCode(
       () => allocateExtents(md, { extentCount: 1, stripes: 1, policy: 'normal', pvUuids: ['pv9'] }),
       'PV_NOT_FOUND',
+    );
+  });
+
+  it('never uses a PV marked not allocatable, and counts its free extents when space runs out', () => {
+    const md = deepFreeze(setPvAllocatable(newVg([10, 30, 20]), 'pv1', false, context));
+    const pvsOf = (request: Parameters<typeof allocateExtents>[1]): string[] =>
+      allocateExtents(md, request).flatMap((segment) => segment.areas.map((area) => area.pvUuid));
+    // pv1 has the most free space and would come first.
+    assert.deepEqual(pvsOf({ extentCount: 25, stripes: 1, policy: 'normal' }), ['pv2', 'pv0']);
+    assert.deepEqual(pvsOf({ extentCount: 4, stripes: 2, policy: 'normal' }), ['pv2', 'pv0']);
+    const held =
+      /; 30 more free extents are on PVs marked not allocatable: PV pv1 \(\/dev\/pv1\) \(pv change PATH --allocatable y allows them\)$/;
+    expectCode(
+      () => allocateExtents(md, { extentCount: 30, stripes: 1, policy: 'normal' }),
+      'VG_NO_SPACE',
+      /needs 30 free extents, only 29 are free on the allocatable PVs of VG vg0; 30 more/,
+    );
+    expectCode(
+      () => allocateExtents(md, { extentCount: 1, stripes: 1, policy: 'normal', pvUuids: ['pv1'] }),
+      'VG_NO_SPACE',
+      /only 0 are free on the allowed PVs; 30 more free extents/,
+    );
+    expectCode(
+      () => allocateExtents(md, { extentCount: 21, stripes: 1, policy: 'contiguous' }),
+      'VG_NO_SPACE',
+      held,
+    );
+    expectCode(
+      () => allocateExtents(md, { extentCount: 6, stripes: 3, policy: 'normal' }),
+      'VG_NO_SPACE',
+      held,
+    );
+    // Excluded, or with no free extents: nothing to say about it.
+    expectCode(
+      () =>
+        allocateExtents(md, {
+          extentCount: 30,
+          stripes: 1,
+          policy: 'normal',
+          excludePvUuids: ['pv1'],
+        }),
+      'VG_NO_SPACE',
+      /only 29 are free in VG vg0$/,
+    );
+    const full = setPvAllocatable(withLv(newVg([10, 5]), 'a', 5, 'pv1'), 'pv1', false, context);
+    expectCode(
+      () => allocateExtents(full, { extentCount: 10, stripes: 1, policy: 'normal' }),
+      'VG_NO_SPACE',
+      /needs 10 free extents, only 9 are free in VG vg0$/,
     );
   });
 

@@ -4,12 +4,15 @@
  * the right code; ring placement, wrap-around and history; scanning and removal.
  */
 import assert from 'node:assert/strict';
+import path from 'node:path';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
+import protobuf from 'protobufjs';
 import type { BlockDevice } from '../../src/disk/block-device.js';
 import { MemoryDevice } from '../../src/disk/memory-device.js';
 import { TandemError } from '../../src/errors.js';
 import { decodeVgMetadata, encodeVgMetadata } from '../../src/clvm/metadata-codec.js';
+import { protoDirectory } from '../../src/generated/tandem-proto.js';
 import {
   decodeMdaHeader,
   decodeRecordHeader,
@@ -134,6 +137,26 @@ describe('VG metadata body', () => {
       },
     };
     assert.deepStrictEqual(decodeVgMetadata(encodeVgMetadata(moving), 'test'), moving);
+  });
+
+  it('round trips a PV that is not allocatable; metadata from before the flag reads as allocatable', () => {
+    const plain = fixture([label, { ...label, pvUuid: '44444444-4444-4444-8444-444444444444' }], 5);
+    const [first, second] = plain.pvs;
+    assert.ok(first !== undefined && second !== undefined);
+    const held: VgMetadata = { ...plain, pvs: [first, { ...second, allocatable: false }] };
+    const bytes = encodeVgMetadata(held);
+    assert.deepStrictEqual(decodeVgMetadata(bytes, 'test'), held);
+    // The body as a tandem without the flag writes it: the same schema less not_allocatable.
+    const root = protobuf.loadSync(path.join(protoDirectory(), 'tandem/v1/vg_metadata.proto'));
+    const pvType = root.lookupType('tandem.v1.ondisk.PvRecord');
+    const flag = pvType.fields['notAllocatable'];
+    assert.ok(flag !== undefined && flag.id === 6);
+    pvType.remove(flag);
+    const vgType = root.lookupType('tandem.v1.ondisk.VgMetadata');
+    const oldBytes = vgType.encode(vgType.decode(bytes)).finish();
+    assert.ok(oldBytes.length < bytes.length, 'the old schema drops the flag');
+    assert.deepStrictEqual(decodeVgMetadata(oldBytes, 'test'), plain);
+    assert.ok(decodeVgMetadata(oldBytes, 'test').pvs.every((pv) => pv.allocatable));
   });
 
   it('refuses numbers that do not fit their field', () => {

@@ -19,6 +19,7 @@ export function pvRecord(uuid: string, extentCount: number): PvRecord {
     sizeBytes: dataStartBytes + extentCount * extentSizeBytes,
     dataStartBytes,
     extentCount,
+    allocatable: true,
   };
 }
 

@@ -25,6 +25,7 @@ import {
   reduceLv,
   reduceVg,
   removeLv,
+  setPvAllocatable,
   vgExtentTotals,
 } from '../../src/clvm/vg-operations.js';
 import {
@@ -163,6 +164,42 @@ describe('pv move planning', () => {
     expectCode(() => removeLv(begun, 'a', context), 'MOVE_IN_PROGRESS');
     assert.ok(removeLv(begun, 'b', context).lvs.every((record) => record.name !== 'b'));
     assert.equal(lvExtentCount(lvNamed(extendLv(begun, 'a', 8, {}, context), 'a')), 8);
+  });
+
+  it('moves only to allocatable PVs and refuses a target that is not', () => {
+    let md = lv(newVg([20, 30, 10]), 'a', 6, { pvUuids: ['pv0'] });
+    md = deepFreeze(
+      setPvAllocatable(setPvAllocatable(md, 'pv0', false, context), 'pv1', false, context),
+    );
+    // pv1 has the most free space and would be chosen; it is not allocatable.
+    const result = evacuate(md, { sourcePvUuid: 'pv0', targetPvUuids: [], maxStepExtents: 4 });
+    assert.equal(pvUsedExtents(result.md, 'pv0'), 0);
+    assert.equal(pvUsedExtents(result.md, 'pv1'), 0);
+    assert.equal(pvUsedExtents(result.md, 'pv2'), 7);
+    expectCode(
+      () => planMoveStep(md, { sourcePvUuid: 'pv0', targetPvUuids: ['pv1'], maxStepExtents: 4 }),
+      'FAILED_PRECONDITION',
+      /target PV pv1 \(\/dev\/pv1\) is marked not allocatable; allow it first \(pv change PATH --allocatable y\)/,
+    );
+    // The only allocatable PV is full: the message says which PVs were left out.
+    const full = lv(md, 'b', 10, { pvUuids: ['pv2'] });
+    expectCode(
+      () => planMoveStep(full, { sourcePvUuid: 'pv0', targetPvUuids: [], maxStepExtents: 4 }),
+      'VG_NO_SPACE',
+      /none are free on the allowed PVs \(PVs marked not allocatable are not used: \/dev\/pv1\)/,
+    );
+    // A step planned before its target PV stopped being allocatable is not begun.
+    const step = planMoveStep(setPvAllocatable(md, 'pv1', true, context), {
+      sourcePvUuid: 'pv0',
+      targetPvUuids: ['pv1'],
+      maxStepExtents: 4,
+    });
+    assert.ok(step !== undefined);
+    expectCode(
+      () => beginMoveStep(md, step, context),
+      'FAILED_PRECONDITION',
+      /no longer allocatable/,
+    );
   });
 
   it('refuses bad plans with clear errors', () => {

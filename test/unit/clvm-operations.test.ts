@@ -31,6 +31,7 @@ import {
   renameVg,
   restoreVersion,
   setLvTags,
+  setPvAllocatable,
   validateVgMetadata,
   vgExtentTotals,
 } from '../../src/clvm/vg-operations.js';
@@ -388,6 +389,32 @@ describe('VG operations', () => {
     expectCode(() => restoreVersion(current, { ...old, uuid: 'other' }, later), 'INVALID_ARGUMENT');
   });
 
+  it('setPvAllocatable commits once; the same value again commits nothing', () => {
+    const md = deepFreeze(lv(newVg([10, 10]), 'a', 2, { pvUuids: ['pv1'] }));
+    const held = setPvAllocatable(md, 'pv1', false, later);
+    assert.equal(held.seqno, md.seqno + 1);
+    assert.equal(held.lastChange, 'pv change /dev/pv1 allocatable n');
+    assert.equal(held.updatedBy, 'host-b');
+    assert.deepEqual(
+      held.pvs.map((pv) => pv.allocatable),
+      [true, false],
+    );
+    // The extents on it stay where they were.
+    assert.deepEqual(extentMap(held), extentMap(md));
+    assert.equal(setPvAllocatable(held, 'pv1', false, later), held);
+    const allowed = setPvAllocatable(held, 'pv1', true, later);
+    assert.equal(allowed.seqno, held.seqno + 1);
+    assert.equal(allowed.lastChange, 'pv change /dev/pv1 allocatable y');
+    assert.deepEqual(allowed.pvs, md.pvs);
+    assert.equal(setPvAllocatable(md, 'pv0', true, later), md);
+    expectCode(() => setPvAllocatable(md, 'pv7', false, later), 'PV_NOT_FOUND');
+    expectCode(
+      () => setPvAllocatable(markRemoving(newVg([10]), context), 'pv0', false, later),
+      'FAILED_PRECONDITION',
+      /being removed/,
+    );
+  });
+
   it('markRemoving needs a VG without LVs and freezes it', () => {
     expectCode(() => markRemoving(lv(newVg([10]), 'a', 1), context), 'FAILED_PRECONDITION');
     const removing = markRemoving(newVg([10]), context);
@@ -423,6 +450,17 @@ describe('validateVgMetadata', () => {
       'PV past its device',
       { ...valid, pvs: [{ ...pvRecord('pv0', 20), sizeBytes: 100 }, pvRecord('pv1', 20)] },
       /pass its end/,
+    ],
+    [
+      'allocatable not a boolean',
+      {
+        ...valid,
+        pvs: [
+          { ...pvRecord('pv0', 20), allocatable: 'n' as unknown as boolean },
+          pvRecord('pv1', 20),
+        ],
+      },
+      /allocatable is n, not a boolean/,
     ],
     [
       'duplicate LV name',

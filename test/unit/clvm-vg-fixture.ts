@@ -30,6 +30,7 @@ export function fixture(labels: readonly PvLabel[], seqno: number, extra = ''): 
       sizeBytes: label.deviceSizeBytes,
       dataStartBytes: label.dataStartBytes,
       extentCount: Math.floor((label.dataEndBytes - label.dataStartBytes) / extentSizeBytes),
+      allocatable: true,
     })),
     lvs: [
       {

@@ -3,7 +3,8 @@
  * of. PVs are named by the path the --server daemon opens them by.
  */
 import path from 'node:path';
-import type { Command } from 'commander';
+import { type Command, InvalidArgumentError } from 'commander';
+import type { ChangePvResponse__Output } from '../../generated/tandem/v1/ChangePvResponse.js';
 import type { CreatePvResponse__Output } from '../../generated/tandem/v1/CreatePvResponse.js';
 import type { ListPvsResponse__Output } from '../../generated/tandem/v1/ListPvsResponse.js';
 import type { MoveProgress__Output } from '../../generated/tandem/v1/MoveProgress.js';
@@ -35,7 +36,16 @@ export function pvJson(pv: Pv__Output): Record<string, unknown> {
     extentCount: pv.extentCount,
     freeExtentCount: pv.freeExtentCount,
     missing: pv.missing,
+    allocatable: pv.allocatable,
   };
+}
+
+/** `--allocatable y|n`: y, yes, n or no, as pvchange -x takes y|n. */
+export function yesNoOption(text: string): boolean {
+  const answer = text.trim().toLowerCase();
+  if (answer === 'y' || answer === 'yes') return true;
+  if (answer === 'n' || answer === 'no') return false;
+  throw new InvalidArgumentError(`expected y or n (yes or no), not '${text}'`);
 }
 
 const pvColumns: ReadonlyArray<Column<Pv__Output>> = [
@@ -51,6 +61,8 @@ const pvColumns: ReadonlyArray<Column<Pv__Output>> = [
     value: (pv) => (pv.vgName === '' ? '-' : `${pv.freeExtentCount}/${pv.extentCount}`),
     align: 'right',
   },
+  // LVM's 'a' of pv_attr: whether new extents may go to the PV (pv change --allocatable).
+  { header: 'ALLOC', value: (pv) => (pv.vgName === '' ? '-' : pv.allocatable ? 'y' : 'n') },
   { header: 'STATUS', value: (pv) => (pv.missing ? 'missing' : '-') },
   { header: 'UUID', value: (pv) => pv.uuid },
 ];
@@ -140,7 +152,37 @@ export function registerPvCommands(program: Command, context: CliContext): void 
       context.stdout.write(`physical volume ${request.path} removed\n`);
     });
 
+  registerPvChangeCommand(group, context);
   registerPvMoveCommand(group, context);
+}
+
+function registerPvChangeCommand(group: Command, context: CliContext): void {
+  group
+    .command('change')
+    .description('change a PV of a VG (like pvchange): whether new extents may be allocated on it')
+    .argument('<path>', 'the PV')
+    .requiredOption(
+      '--allocatable <y|n>',
+      'y: new LVs and extensions may use the PV; n: not (its extents stay; pv move sets n)',
+      yesNoOption,
+    )
+    .option('--json', 'print JSON for scripts')
+    .action(async (pathText: string, options: { allocatable: boolean; json?: boolean }) => {
+      const connection = context.connection();
+      const client = pvClient(connection);
+      const request = { path: pvPath(pathText), allocatable: options.allocatable };
+      const response = await connection.call<ChangePvResponse__Output>(
+        (metadata, callOptions, callback) =>
+          client.ChangePv(request, metadata, callOptions, callback),
+      );
+      const pv = response.pv;
+      if (pv === null) throw new Error('server answered without the PV');
+      if (options.json === true) printJson(context.stdout, pvJson(pv));
+      else {
+        const allocatable = pv.allocatable ? 'y' : 'n';
+        context.stdout.write(`physical volume ${pv.path} changed: allocatable ${allocatable}\n`);
+      }
+    });
 }
 
 function registerPvMoveCommand(group: Command, context: CliContext): void {

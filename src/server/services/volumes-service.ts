@@ -76,6 +76,20 @@ export function physicalVolumesHandlers(
         return {};
       },
     ),
+    ChangePv: unaryHandler(
+      logger,
+      'PhysicalVolumes.ChangePv',
+      (request) => {
+        if (request.allocatable === undefined) {
+          throw new TandemError('INVALID_ARGUMENT', 'allocatable is required');
+        }
+        return { pvPath: requiredText(request.path, 'path'), allocatable: request.allocatable };
+      },
+      async ({ pvPath, allocatable }) => {
+        await operations.changePv(pvPath, allocatable);
+        return { pv: pvMessages(host()).find((candidate) => candidate.path === pvPath) };
+      },
+    ),
     MovePv: serverStreamHandler<
       MovePvRequest__Output,
       { path: string; toPaths: string[]; stepExtents: number | undefined },

@@ -136,6 +136,7 @@ export const pv = (overrides: Partial<Pv__Output> = {}): Pv__Output => ({
   extentCount: 2559,
   freeExtentCount: 100,
   missing: false,
+  allocatable: true,
   ...overrides,
 });
 
