@@ -36,6 +36,8 @@ export interface DaemonConfig {
   readonly vgDir: string | undefined;
   /** More PVs to scan: paths (absolute) or nbd:// URIs (config file key `pvs`). */
   readonly pvs: readonly string[];
+  /** Activate again, at start, the LVs active before a restart of tandemd (same boot only). */
+  readonly restoreActivations: boolean;
 }
 
 /** The settings as given by flags or a config file, all optional and not yet checked. */
@@ -50,6 +52,7 @@ export interface ConfigInput {
   advertise?: unknown;
   vgDir?: unknown;
   pvs?: unknown;
+  restoreActivations?: unknown;
 }
 
 export const defaultGrpcAddress: ListenAddress = { host: '127.0.0.1', port: 7600 };
@@ -66,6 +69,7 @@ const configKeys: ReadonlySet<string> = new Set([
   'advertise',
   'vgDir',
   'pvs',
+  'restoreActivations',
 ]);
 /** RFC 1123 host names are at most 253 characters; we also refuse control characters. */
 const hostNameLengthMax = 253;
@@ -162,6 +166,11 @@ export function isWildcardHost(host: string): boolean {
   return host === '0.0.0.0' || host === '::' || host === '0:0:0:0:0:0:0:0';
 }
 
+function checkBoolean(value: unknown, what: string): boolean {
+  if (typeof value !== 'boolean') throw invalid(`${what} must be true or false`);
+  return value;
+}
+
 function checkLogLevel(value: unknown): LogLevel {
   try {
     return parseLogLevel(checkString(value, 'logLevel'));
@@ -188,6 +197,7 @@ export function resolveConfig(
   let advertise: string | undefined;
   let vgDir: string | undefined;
   let pvs: readonly string[] = [];
+  let restoreActivations = true;
   for (const { input, baseDirectory } of layers) {
     if (input.dataDir !== undefined) {
       dataDir = path.resolve(baseDirectory, checkString(input.dataDir, 'dataDir'));
@@ -204,6 +214,9 @@ export function resolveConfig(
       vgDir = path.resolve(baseDirectory, checkString(input.vgDir, 'vgDir'));
     }
     if (input.pvs !== undefined) pvs = checkPvs(input.pvs, baseDirectory);
+    if (input.restoreActivations !== undefined) {
+      restoreActivations = checkBoolean(input.restoreActivations, 'restoreActivations');
+    }
   }
   if (grpc.port !== 0 && grpc.port === nbd.port && grpc.host === nbd.host) {
     throw invalid(`grpc and nbd cannot both listen on ${formatListenAddress(grpc)}`);
@@ -217,7 +230,19 @@ export function resolveConfig(
       `hostName '${hostName}' is longer than the ${hostNameBytesMax} bytes a lockspace keeps`,
     );
   }
-  return { dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise, vgDir, pvs };
+  return {
+    dataDir,
+    grpc,
+    nbd,
+    hostName,
+    logLevel,
+    lockspace,
+    hostId,
+    advertise,
+    vgDir,
+    pvs,
+    restoreActivations,
+  };
 }
 
 /** Checks the shape of a parsed config file: an object with known keys only (typos are errors). */
@@ -268,8 +293,20 @@ export async function loadConfig(flags: DaemonFlags, cwd = process.cwd()): Promi
     });
   }
   const { dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise, vgDir } = flags;
+  const { restoreActivations } = flags;
   layers.push({
-    input: { dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise, vgDir },
+    input: {
+      dataDir,
+      grpc,
+      nbd,
+      hostName,
+      logLevel,
+      lockspace,
+      hostId,
+      advertise,
+      vgDir,
+      restoreActivations,
+    },
     baseDirectory: cwd,
   });
   return resolveConfig(layers, { cwd });

@@ -6,9 +6,11 @@
  * ready line. So when a client sees the ready line, every restored export is already served and
  * the host holds its host id. The lockspace is joined after gRPC listens because the address
  * peers probe (published in the host slot) defaults to the bound gRPC address.
- * Stop order: watch streams end, every held lease is released and the lockspace left, then the
- * API (no new changes), every NBD connection, the devices, so no request is in flight on a
- * device being closed.
+ * The LV activations recorded before a restart are restored once their VGs are joined: the
+ * first try of each before the ready line, waits for an earlier instance's lease after it.
+ * Stop order: watch streams end, restores stop, every held lease is released (the recorded
+ * activations stay) and the lockspace left, then the API (no new changes), every NBD
+ * connection, the devices, so no request is in flight on a device being closed.
  */
 import fs from 'node:fs/promises';
 import { Command, Option } from 'commander';
@@ -18,6 +20,8 @@ import { tandemVersion } from '../generated/version.js';
 import { addressBytesMax } from '../heartbeat-store/index.js';
 import { type Logger, createLogger } from '../log.js';
 import { NbdServer } from '../nbd/server.js';
+import { ActivationIntents } from './activation-intent.js';
+import { ActivationRestorer } from './activation-restore.js';
 import {
   type DaemonConfig,
   type DaemonFlags,
@@ -128,9 +132,21 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     }
     return volumeHost;
   };
+  const intents = await ActivationIntents.load({
+    dataDir: config.dataDir,
+    restore: config.restoreActivations,
+    logger: volumesLogger,
+  });
   const activations = new LvActivations({
     host: requireVolumeHost,
     target: nbdServer,
+    logger: volumesLogger,
+    intents,
+  });
+  const restorer = new ActivationRestorer({
+    activations,
+    intents,
+    hostName: config.hostName,
     logger: volumesLogger,
   });
   const operations = new VolumeOperations({
@@ -169,6 +185,7 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   let grpcStarted = false;
   const stop = async (): Promise<void> => {
     streams.endAll();
+    await restorer.stop();
     await activations.deactivateAll();
     await volumeHost?.stop();
     await member?.stop();
@@ -190,15 +207,9 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
         hostId: config.hostId,
         address: advertisedAddress(config, boundGrpc, logger),
         logger: logger.child({ component: 'lockspace' }),
-        onWritesStuck: (stuckWrites) => {
-          logger.error('writes of this host are stuck past the fence drain time: exiting', {
-            stuckWrites,
-          });
-          process.exit(stuckWritesExitCode);
-        },
+        onWritesStuck: exitOnStuckWrites(logger),
       });
     }
-    const lockspaceMember = member;
     volumeHost = await VolumeHost.start({
       hostName: config.hostName,
       dataDir: config.dataDir,
@@ -206,27 +217,12 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
       pvPaths: config.pvs,
       address: advertisedAddress(config, boundGrpc, logger),
       logger: volumesLogger,
-      onWritesStuck: (stuckWrites) => {
-        logger.error('writes of this host are stuck past the fence drain time: exiting', {
-          stuckWrites,
-        });
-        process.exit(stuckWritesExitCode);
-      },
-      extraPeers: () => {
-        if (lockspaceMember === undefined) return [];
-        try {
-          return lockspaceMember
-            .hosts()
-            .hosts()
-            .filter((host) => !host.self && host.address !== '' && host.state !== 'left')
-            .map((host) => host.address);
-        } catch {
-          return [];
-        }
-      },
+      onWritesStuck: exitOnStuckWrites(logger),
+      extraPeers: livePeersOf(member),
       onMetadataChanged: (entry) => activations.metadataChanged(entry),
     });
     logger.info('volume groups opened', { vgCount: volumeHost.list().length });
+    await restorer.start(volumeHost);
   } catch (error) {
     await stop().catch((stopError: unknown) => {
       logger.warn('cleanup after a failed start failed', { error: stopError });
@@ -238,6 +234,32 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     nbdAddress: addresses.nbd,
     membership: () => member?.info(),
     stop,
+  };
+}
+
+/** Writes stuck in the kernel past the fence drain time: exit (the role of sanlock's watchdog). */
+function exitOnStuckWrites(logger: Logger): (stuckWrites: number) => void {
+  return (stuckWrites) => {
+    logger.error('writes of this host are stuck past the fence drain time: exiting', {
+      stuckWrites,
+    });
+    process.exit(stuckWritesExitCode);
+  };
+}
+
+/** The addresses of the other live hosts of the --lockspace (they hear of VG changes too). */
+function livePeersOf(member: LockspaceMember | undefined): () => string[] {
+  return () => {
+    if (member === undefined) return [];
+    try {
+      return member
+        .hosts()
+        .hosts()
+        .filter((host) => !host.self && host.address !== '' && host.state !== 'left')
+        .map((host) => host.address);
+    } catch {
+      return [];
+    }
   };
 }
 
@@ -368,6 +390,11 @@ export function buildDaemonProgram(): Command {
       '--advertise <host:port>',
       'gRPC address peers reach this host at (default: the bound gRPC address)',
     )
+    .option(
+      '--restore-activations',
+      'at start, activate again the LVs active before a restart of tandemd (default)',
+    )
+    .option('--no-restore-activations', 'start with no LV active, whatever was recorded')
     .addOption(
       new Option('--log-level <level>', 'log level (default: info)').choices([
         'debug',
@@ -380,7 +407,8 @@ export function buildDaemonProgram(): Command {
     .allowExcessArguments(false);
 }
 
-function toFlags(options: Record<string, unknown>): DaemonFlags {
+/** Commander's parsed options as loadConfig takes them (an unset flag stays undefined). */
+export function toFlags(options: Record<string, unknown>): DaemonFlags {
   const text = (value: unknown): string | undefined =>
     typeof value === 'string' ? value : undefined;
   return {
@@ -394,6 +422,7 @@ function toFlags(options: Record<string, unknown>): DaemonFlags {
     hostId: options['hostId'],
     advertise: options['advertise'],
     vgDir: options['vgDir'],
+    restoreActivations: options['restoreActivations'],
   };
 }
 

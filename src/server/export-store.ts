@@ -1,12 +1,13 @@
 /**
  * The persisted list of file exports: `<data-dir>/exports.json`.
  *
- * Written as temp file + fsync + rename + fsync of the directory, so after a crash the file
- * holds either the old list or the new one, never a torn mix.
+ * Written as temp file + fsync + rename + fsync of the directory (atomic-file.ts), so after a
+ * crash the file holds either the old list or the new one, never a torn mix.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { TandemError, systemErrorCode } from '../errors.js';
+import { writeFileAtomic } from './atomic-file.js';
 import { validateExportName, validateFilePath } from './export-validation.js';
 
 export interface StoredExport {
@@ -81,23 +82,7 @@ export async function writeStoredExports(
   dataDir: string,
   exports: readonly StoredExport[],
 ): Promise<void> {
-  const filePath = exportsFilePath(dataDir);
-  const temporaryPath = `${filePath}.tmp`;
   const sorted = [...exports].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   const text = `${JSON.stringify({ format: fileFormat, version: fileVersion, exports: sorted }, null, 2)}\n`;
-  const file = await fs.open(temporaryPath, 'w', 0o644);
-  try {
-    await file.writeFile(text, 'utf8');
-    await file.sync();
-  } finally {
-    await file.close();
-  }
-  await fs.rename(temporaryPath, filePath);
-  // The rename is durable only once the directory entry is.
-  const directory = await fs.open(dataDir, 'r');
-  try {
-    await directory.sync();
-  } finally {
-    await directory.close();
-  }
+  await writeFileAtomic(exportsFilePath(dataDir), text);
 }

@@ -11,6 +11,9 @@
  *               released
  *   lost:       the lease was lost (fenced, or released on request): the gate already refuses
  *               writes; the export is removed at once
+ *
+ * Each activation is recorded (activation-intent.ts) when it starts and forgotten when it ends,
+ * except at a daemon stop: a restart of tandemd restores what was active (activation-restore.ts).
  */
 import { TandemError, isTandemError } from '../errors.js';
 import type { LogicalVolumeDevice } from '../clvm/lv-device.js';
@@ -19,6 +22,7 @@ import { lvLockName } from '../clvm/volume-group.js';
 import { gateDevice } from '../locking/index.js';
 import type { LockEvent, LockInfo, LockMode } from '../locking/types.js';
 import type { Logger } from '../log.js';
+import type { ActivationIntent } from './activation-intent.js';
 import type { LockspaceMember } from './lockspace-member.js';
 import type { VgEntry, VolumeHost } from './volume-host.js';
 
@@ -27,6 +31,13 @@ export interface ExportTarget {
   removeExport(name: string): Promise<void>;
 }
 type LogicalVolumeDeviceLike = Parameters<typeof gateDevice>[0];
+
+/** Where activations are recorded so that a restart of tandemd can restore them. */
+export interface ActivationRecorder {
+  activated(intent: ActivationIntent): Promise<void>;
+  /** True when an entry was removed. */
+  ended(lvUuid: string): Promise<boolean>;
+}
 
 export interface Activation {
   readonly vgUuid: string;
@@ -69,9 +80,16 @@ export function findUserLv(metadata: VgMetadata, name: string): LvRecord {
 export class LvActivations {
   private readonly active = new Map<string, Activation>();
   private readonly watched = new Map<LockspaceMember, () => void>();
+  /** Per LV uuid: the activation or deactivation running now (see activate). */
+  private readonly changing = new Map<string, Promise<void>>();
 
   constructor(
-    private readonly parts: { host: () => VolumeHost; target: ExportTarget; logger: Logger },
+    private readonly parts: {
+      host: () => VolumeHost;
+      target: ExportTarget;
+      logger: Logger;
+      intents?: ActivationRecorder;
+    },
   ) {}
 
   list(): Activation[] {
@@ -82,7 +100,36 @@ export class LvActivations {
     return this.active.get(lvUuid);
   }
 
-  async activate(entry: VgEntry, lvName: string, mode: LockMode): Promise<Activation> {
+  /**
+   * Activates the LV here. Activations and deactivations of one LV run one after the other, so
+   * a deactivation that arrives while an activation (a restore, say) runs ends what it started.
+   */
+  activate(entry: VgEntry, lvName: string, mode: LockMode): Promise<Activation> {
+    const lv = findUserLv(entry.vg.metadata, lvName);
+    return this.serially(lv.uuid, () => this.activateNow(entry, lvName, mode));
+  }
+
+  deactivate(entry: VgEntry, lvName: string): Promise<void> {
+    const lv = findUserLv(entry.vg.metadata, lvName);
+    return this.serially(lv.uuid, () => this.deactivateNow(entry, lvName));
+  }
+
+  private async serially<T>(lvUuid: string, work: () => Promise<T>): Promise<T> {
+    const previous = this.changing.get(lvUuid) ?? Promise.resolve();
+    const run = previous.then(work);
+    const settled = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.changing.set(lvUuid, settled);
+    try {
+      return await run;
+    } finally {
+      if (this.changing.get(lvUuid) === settled) this.changing.delete(lvUuid);
+    }
+  }
+
+  private async activateNow(entry: VgEntry, lvName: string, mode: LockMode): Promise<Activation> {
     const host = this.parts.host();
     const locks = host.locksOf(entry);
     let lv = findUserLv(entry.vg.metadata, lvName);
@@ -108,17 +155,25 @@ export class LvActivations {
       }
       throw error;
     }
+    let activation: Activation;
     try {
       // The lease is ours: the mapping read now cannot be shrunk or removed under us.
       await entry.vg.refresh();
       lv = findUserLv(entry.vg.metadata, lvName);
-      const activation = this.start(entry, lv, lockName, mode);
+      activation = this.start(entry, lv, lockName, mode);
       this.watchMember(entry);
-      return activation;
     } catch (error) {
       await locks.release(lockName).catch(() => undefined);
       throw error;
     }
+    await this.parts.intents?.activated({
+      vgUuid: entry.vg.uuid,
+      vgName: entry.vg.name,
+      lvUuid: lv.uuid,
+      lvName: lv.name,
+      mode,
+    });
+    return activation;
   }
 
   private start(entry: VgEntry, lv: LvRecord, lockName: string, mode: LockMode): Activation {
@@ -159,10 +214,17 @@ export class LvActivations {
     return activation;
   }
 
-  async deactivate(entry: VgEntry, lvName: string): Promise<void> {
+  private async deactivateNow(entry: VgEntry, lvName: string): Promise<void> {
     const lv = findUserLv(entry.vg.metadata, lvName);
     const activation = this.active.get(lv.uuid);
     if (activation === undefined) {
+      // Not active yet, but recorded: a restore waits for the lease. Deactivating cancels it.
+      if ((await this.parts.intents?.ended(lv.uuid)) === true) {
+        this.parts.logger.info('LV activation no longer to be restored', {
+          export: exportNameOf(entry.vg.name, lv.name),
+        });
+        return;
+      }
       throw new TandemError(
         'LV_NOT_ACTIVE',
         `${exportNameOf(entry.vg.name, lv.name)} is not active on this host`,
@@ -172,10 +234,15 @@ export class LvActivations {
     await this.parts.host().locksOf(entry).release(activation.lockName);
   }
 
-  /** Ends an activation: export removed, device flushed and closed. The lease is the caller's. */
-  private async stop(activation: Activation, reason: string): Promise<void> {
+  /**
+   * Ends an activation: export removed, device flushed and closed. The lease is the caller's.
+   * Unless tandemd stops, the record is dropped too: at once in memory, on disk while the export
+   * goes (a lost lease must not wait for an fsync to drop its export); done when this resolves.
+   */
+  private async stop(activation: Activation, reason: string, keepRecord = false): Promise<void> {
     if (this.active.get(activation.lvUuid) !== activation) return;
     this.active.delete(activation.lvUuid);
+    const forgotten = keepRecord ? undefined : this.parts.intents?.ended(activation.lvUuid);
     await this.parts.target.removeExport(activation.exportName).catch((error: unknown) => {
       this.parts.logger.warn('removing an LV export failed', {
         export: activation.exportName,
@@ -186,6 +253,7 @@ export class LvActivations {
       this.parts.logger.warn('flushing an LV failed', { export: activation.exportName, error });
     });
     await activation.device.close();
+    await forgotten;
     this.parts.logger.info('LV deactivated', { export: activation.exportName, reason });
     this.parts.host().emit({
       kind: 'lv-deactivated',
@@ -238,10 +306,10 @@ export class LvActivations {
     this.watched.set(member, unwatch);
   }
 
-  /** Daemon stop: every export removed and every lease released. */
+  /** Daemon stop: every export removed and every lease released; the records stay. */
   async deactivateAll(): Promise<void> {
     for (const activation of [...this.active.values()]) {
-      await this.stop(activation, 'tandemd stopping');
+      await this.stop(activation, 'tandemd stopping', true);
       const entry = this.parts.host().byUuid(activation.vgUuid);
       if (entry?.member !== undefined)
         await entry.member

@@ -66,6 +66,7 @@ describe('resolveConfig', () => {
       advertise: undefined,
       vgDir: undefined,
       pvs: [],
+      restoreActivations: true,
     });
   });
 
@@ -170,7 +171,7 @@ describe('config files', () => {
     assertConfigInvalid(() => parseConfigText('[]', '/c.json'), /must hold a JSON object/);
     assertConfigInvalid(
       () => parseConfigText('{"dataDir":"x","grcp":"y"}', '/c.json'),
-      /unknown setting\(s\) grcp \(known: dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise, vgDir, pvs\)/,
+      /unknown setting\(s\) grcp \(known: dataDir, grpc, nbd, hostName, logLevel, lockspace, hostId, advertise, vgDir, pvs, restoreActivations\)/,
     );
   });
 

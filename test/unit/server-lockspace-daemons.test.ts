@@ -46,6 +46,7 @@ function config(name: string, extra: Partial<DaemonConfig>): DaemonConfig {
     advertise: undefined,
     vgDir: undefined,
     pvs: [],
+    restoreActivations: true,
     ...extra,
   };
 }
