@@ -88,21 +88,18 @@ export async function claimFreePvs(handles: PvHandle[], options: PvClaimOptions)
     wallMs: options.clock.wallMs(),
     hostName: options.hostName,
   };
-  const startedMs = options.clock.nowMs();
+  // Every wait first, then every claim write: a wait for one PV's stale claim must not age our
+  // claims on the others.
+  const stale = new Map<PvHandle, string | undefined>();
   for (const handle of handles) {
-    const free = await waitUntilFree(handle, validMs, options);
-    const readAtMs = options.clock.nowMs();
-    // vgUuid '' also clears a VG name left by a create that crashed before its metadata.
-    const claimed: PvLabel = { ...free, vgUuid: '', claim: mark };
-    await handle.device.write(encodePvLabel(claimed), 0, { fua: true });
-    if (options.clock.nowMs() - readAtMs > options.ioTimeoutMs) {
-      // Past the bound the proof rests on: another host may have read the label as free after
-      // our read and written its claim after ours. Give up (our claims go stale in time).
-      throw new TandemError(
-        'PV_CLAIM_LOST',
-        `claiming ${handle.path} for ${options.purpose} took longer than ${options.ioTimeoutMs} ms between read and write; run it again`,
-      );
-    }
+    stale.set(handle, (await waitUntilFree(handle, validMs, options)).claim?.nonce);
+  }
+  const startedMs = options.clock.nowMs();
+  try {
+    for (const handle of handles) await writeClaim(handle, mark, stale.get(handle), options);
+  } catch (error) {
+    await releaseClaims(handles, mark.nonce, options.logger);
+    throw error;
   }
   await options.clock.sleep(settleMs, options.signal);
   const lostTo: Array<{ handle: PvHandle; claim: PvClaimMark | undefined }> = [];
@@ -130,6 +127,40 @@ export async function claimFreePvs(handles: PvHandle[], options: PvClaimOptions)
     tookMs: Math.round(options.clock.nowMs() - startedMs),
   });
   return new PvClaim(mark.nonce, startedMs, validMs, options.clock, options.purpose);
+}
+
+/**
+ * Writes our claim into one label: read, check it is still as waitUntilFree left it (free, or
+ * the same stale claim), write, all within ioTimeoutMs from the read's start.
+ */
+async function writeClaim(
+  handle: PvHandle,
+  mark: PvClaimMark,
+  staleNonce: string | undefined,
+  options: PvClaimOptions,
+): Promise<void> {
+  const readStartedMs = options.clock.nowMs();
+  const label = await readLabelOf(handle);
+  if (label.vgUuid !== '' && label.vgUuid !== handle.label.vgUuid) {
+    throw new TandemError('PV_IN_USE', `${handle.path} was added to VG ${label.vgUuid} meanwhile`);
+  }
+  if (label.claim !== undefined && label.claim.nonce !== staleNonce) {
+    throw new TandemError(
+      'PV_CLAIM_LOST',
+      `${handle.path} was claimed by host ${label.claim.hostName || '?'} at the same time as ${options.purpose}; nothing was written to it as a VG here: run it again`,
+    );
+  }
+  // vgUuid '' also clears a VG name left by a create that crashed before its metadata.
+  const claimed: PvLabel = { ...label, vgUuid: '', claim: mark };
+  await handle.device.write(encodePvLabel(claimed), 0, { fua: true });
+  if (options.clock.nowMs() - readStartedMs > options.ioTimeoutMs) {
+    // Past the bound the proof rests on: another host may have read the label as free after
+    // our read and written its claim after ours.
+    throw new TandemError(
+      'PV_CLAIM_LOST',
+      `claiming ${handle.path} for ${options.purpose} took longer than ${options.ioTimeoutMs} ms between read and write; run it again`,
+    );
+  }
 }
 
 /** Gives up claims (best effort): clears the claim of each label that still carries ours. */
