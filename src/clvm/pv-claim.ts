@@ -105,7 +105,7 @@ export async function claimFreePvs(handles: PvHandle[], options: PvClaimOptions)
   const lostTo: Array<{ handle: PvHandle; claim: PvClaimMark | undefined }> = [];
   for (const handle of handles) {
     const label = await readLabelOf(handle);
-    if (label.claim?.nonce !== mark.nonce || label.vgUuid !== '') {
+    if (!holdsClaim(label, mark.nonce)) {
       lostTo.push({ handle, claim: label.claim });
     }
   }
@@ -141,9 +141,7 @@ async function writeClaim(
 ): Promise<void> {
   const readStartedMs = options.clock.nowMs();
   const label = await readLabelOf(handle);
-  if (label.vgUuid !== '' && label.vgUuid !== handle.label.vgUuid) {
-    throw new TandemError('PV_IN_USE', `${handle.path} was added to VG ${label.vgUuid} meanwhile`);
-  }
+  refuseIfJoined(handle, label);
   if (label.claim !== undefined && label.claim.nonce !== staleNonce) {
     throw new TandemError(
       'PV_CLAIM_LOST',
@@ -172,13 +170,28 @@ export async function releaseClaims(
   for (const handle of handles) {
     try {
       const label = await readLabelOf(handle);
-      if (label.claim?.nonce !== nonce || label.vgUuid !== '') continue;
+      if (!holdsClaim(label, nonce)) continue;
       handle.label = withoutClaim(label);
       await handle.device.write(encodePvLabel(handle.label), 0, { fua: true });
     } catch (error) {
       // It goes stale by itself: a later claim waits claimValidMs for it.
       logger.warn('clearing a PV claim failed', { path: handle.path, error });
     }
+  }
+}
+
+/** Whether the label still carries our claim and names no VG (a commit ends every claim). */
+function holdsClaim(label: PvLabel, nonce: string): boolean {
+  return label.claim?.nonce === nonce && label.vgUuid === '';
+}
+
+/** PV_IN_USE when the PV joined a VG since this host's scan (a leftover VG name is no VG). */
+function refuseIfJoined(handle: PvHandle, label: PvLabel): void {
+  if (label.vgUuid !== '' && label.vgUuid !== handle.label.vgUuid) {
+    throw new TandemError(
+      'PV_IN_USE',
+      `${handle.path} was added to VG ${label.vgUuid} by another host; it is not free`,
+    );
   }
 }
 
@@ -206,12 +219,7 @@ async function waitUntilFree(
   let lastProgressMs = options.clock.nowMs();
   for (;;) {
     const label = await readLabelOf(handle);
-    if (label.vgUuid !== '' && handle.label.vgUuid !== label.vgUuid) {
-      throw new TandemError(
-        'PV_IN_USE',
-        `${handle.path} was added to VG ${label.vgUuid} by another host; it is not free`,
-      );
-    }
+    refuseIfJoined(handle, label);
     const claim = label.claim;
     if (claim === undefined) return label;
     const nowMs = options.clock.nowMs();
