@@ -12,6 +12,7 @@ import protobuf from 'protobufjs';
 import { protoDirectory } from '../generated/tandem-proto.js';
 import { TandemError, assert } from '../errors.js';
 import {
+  type LockspaceMoveRecord,
   type LvRecord,
   type LvSegment,
   type PvMoveRecord,
@@ -19,6 +20,7 @@ import {
   type SegmentArea,
   type VgMetadata,
   vgMetadataVersion,
+  vgMetadataVersionLockspaceMove,
 } from './types.js';
 
 let vgMetadataType: protobuf.Type | undefined;
@@ -98,10 +100,22 @@ function moveToWire(move: PvMoveRecord) {
   };
 }
 
+function lockspaceMoveToWire(record: LockspaceMoveRecord) {
+  return {
+    epoch: u64(record.epoch, 'lockspaceMove.epoch'),
+    sourcePvUuid: record.sourcePvUuid,
+    segments: record.segments.map(segmentToWire),
+    moverHostId: u32(record.moverHostId, 'lockspaceMove.moverHostId'),
+    moverGeneration: u64(record.moverGeneration, 'lockspaceMove.moverGeneration'),
+    moverHostName: record.moverHostName,
+  };
+}
+
 /** The body bytes of `md`; METADATA_INVALID when a number does not fit its field. */
 export function encodeVgMetadata(md: VgMetadata): Buffer {
   const wire = {
-    version: u32(md.version, 'version'),
+    version:
+      md.lockspaceMove === undefined ? u32(md.version, 'version') : vgMetadataVersionLockspaceMove,
     uuid: md.uuid,
     name: md.name,
     seqno: u64(md.seqno, 'seqno'),
@@ -115,6 +129,9 @@ export function encodeVgMetadata(md: VgMetadata): Buffer {
     pvs: md.pvs.map(pvToWire),
     lvs: md.lvs.map(lvToWire),
     ...(md.move === undefined ? {} : { move: moveToWire(md.move) }),
+    ...(md.lockspaceMove === undefined
+      ? {}
+      : { lockspaceMove: lockspaceMoveToWire(md.lockspaceMove) }),
     removing: md.removing === true,
     maxLvs: md.maxLvs === undefined ? 0 : u32(md.maxLvs, 'maxLvs'),
   };
@@ -128,7 +145,9 @@ export function encodeVgMetadata(md: VgMetadata): Buffer {
       decoded.uuid === md.uuid &&
       decoded.pvs.length === md.pvs.length &&
       decoded.lvs.length === md.lvs.length &&
-      (decoded.move === undefined) === (md.move === undefined),
+      (decoded.move === undefined) === (md.move === undefined) &&
+      decoded.lockspaceMove?.epoch === md.lockspaceMove?.epoch &&
+      decoded.lockspaceMove?.segments.length === md.lockspaceMove?.segments.length,
     'VG metadata round trip',
   );
   return Buffer.from(bytes);
@@ -265,6 +284,17 @@ function moveFromWire(fields: FieldReader): PvMoveRecord {
   };
 }
 
+function lockspaceMoveFromWire(fields: FieldReader): LockspaceMoveRecord {
+  return {
+    epoch: fields.uint64('epoch'),
+    sourcePvUuid: fields.string('sourcePvUuid'),
+    segments: fields.messages('segments').map(segmentFromWire),
+    moverHostId: fields.uint32('moverHostId'),
+    moverGeneration: fields.uint64('moverGeneration'),
+    moverHostName: fields.string('moverHostName'),
+  };
+}
+
 function parse(bytes: Uint8Array, where: string): Record<string, unknown> {
   const type = messageType();
   try {
@@ -290,15 +320,17 @@ export function decodeVgMetadata(bytes: Uint8Array, where: string): VgMetadata {
   if (version === 0) {
     throw new TandemError('MDA_CORRUPT', `${where}: the VG metadata body has no version`);
   }
-  if (version > vgMetadataVersion) {
+  if (version > vgMetadataVersionLockspaceMove) {
     throw new TandemError(
       'MDA_VERSION',
-      `${where}: the VG metadata has version ${version}, this tandem reads up to ${vgMetadataVersion} (upgrade tandem)`,
+      `${where}: the VG metadata has version ${version}, this tandem reads up to ${vgMetadataVersionLockspaceMove} (upgrade tandem)`,
     );
   }
   const move = fields.message('move');
+  const lockspaceMove = fields.message('lockspaceMove');
   return {
-    version,
+    // Version 2 only marks a body with a lockspace move for older readers; it is 1 in memory.
+    version: vgMetadataVersion,
     uuid: fields.string('uuid'),
     name: fields.string('name'),
     seqno: fields.uint64('seqno'),
@@ -312,6 +344,8 @@ export function decodeVgMetadata(bytes: Uint8Array, where: string): VgMetadata {
     pvs: fields.messages('pvs').map(pvFromWire),
     lvs: fields.messages('lvs').map(lvFromWire),
     move: move === undefined ? undefined : moveFromWire(move),
+    // Absent in metadata written before lockspace moves existed, and whenever none runs.
+    ...(lockspaceMove === undefined ? {} : { lockspaceMove: lockspaceMoveFromWire(lockspaceMove) }),
     ...(fields.boolean('removing') ? { removing: true } : {}),
     ...(fields.uint32('maxLvs') === 0 ? {} : { maxLvs: fields.uint32('maxLvs') }),
   };

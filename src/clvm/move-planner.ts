@@ -27,13 +27,25 @@
  * `extentCount` LEs (whole rows). Finishing splits the segment at the step's row boundaries,
  * which keeps every byte where it was because a striped segment split at a multiple of its stripe
  * count maps the same chunks to the same places.
+ *
+ * Steps never move the hidden lockspace LV: every host of the VG writes it, and a step mirrors
+ * only this host's writes. A lockspace move (lockspace-move-plan.ts) moves it, before the steps:
+ * planning a step off a PV that still holds it is refused, and no step runs while a lockspace
+ * move is recorded.
  */
 import { TandemError } from '../errors.js';
 import { freeExtentRuns } from './allocator.js';
 import type { LvRecord, LvSegment, PvMoveRecord, VgMetadata } from './types.js';
 import { segmentsPerLvMax } from './types.js';
 import { commitChange, mergeSegments, replaceLv, type ChangeContext } from './vg-change.js';
-import { areaExtentCount, findLvByUuid, pvUsedExtents, type ExtentRun } from './vg-queries.js';
+import {
+  areaExtentCount,
+  describeLockspaceMove,
+  findLvByUuid,
+  lockspaceOnPv,
+  pvUsedExtents,
+  type ExtentRun,
+} from './vg-queries.js';
 
 /**
  * Extents per step by default: the most a crash makes the move copy again. Each step costs two
@@ -113,10 +125,16 @@ export function beginMoveStep(
   record: PvMoveRecord,
   context: ChangeContext,
 ): VgMetadata {
-  if (md.move !== undefined) {
+  if (md.move !== undefined || md.lockspaceMove !== undefined) {
     throw moveInProgress(md);
   }
   const lv = findLvByUuid(md, record.lvUuid);
+  if (lv?.hidden === true) {
+    throw new TandemError(
+      'FAILED_PRECONDITION',
+      `a pv move step cannot move the lockspace LV ${lv.name}; a lockspace move moves it`,
+    );
+  }
   const free = freeExtentRuns(md).get(record.targetPvUuid) ?? [];
   const targetCount = record.extentCount / (segmentAt(lv, record.lvExtentStart)?.areas.length ?? 1);
   const targetEnd = record.targetPvExtentStart + targetCount;
@@ -284,7 +302,7 @@ function chooseTargetRun(
 }
 
 function checkPlanOptions(md: VgMetadata, options: MovePlanOptions): void {
-  if (md.move !== undefined) {
+  if (md.move !== undefined || md.lockspaceMove !== undefined) {
     throw moveInProgress(md);
   }
   checkMovePvs(md, options);
@@ -295,6 +313,13 @@ function checkPlanOptions(md: VgMetadata, options: MovePlanOptions): void {
     throw new TandemError(
       'VG_PARTIAL',
       `PV ${options.sourcePvUuid} is missing on this host, so its extents cannot be copied`,
+    );
+  }
+  if (lockspaceOnPv(md, options.sourcePvUuid)) {
+    throw new TandemError(
+      'FAILED_PRECONDITION',
+      `PV ${options.sourcePvUuid} holds the lockspace LV of VG ${md.name}; pv move steps never ` +
+        'move it: move it off first (a lockspace move), then plan the steps',
     );
   }
 }
@@ -334,12 +359,16 @@ function notAllocatableNote(md: VgMetadata, sourcePvUuid: string): string {
     : ` (PVs marked not allocatable are not used: ${held.map((pv) => pv.deviceHint).join(', ')})`;
 }
 
-/** The first LV (in metadata order) and segment with an area on the PV, and that area. */
+/**
+ * The first visible LV (in metadata order) and segment with an area on the PV, and that area.
+ * The hidden lockspace LV is passed over: a step never moves it (checkPlanOptions refuses a
+ * source that holds it; this keeps that true whatever a caller checked).
+ */
 function firstAreaOnPv(
   md: VgMetadata,
   pvUuid: string,
 ): { lv: LvRecord; segment: LvSegment; segmentIndex: number; areaIndex: number } | undefined {
-  for (const lv of md.lvs) {
+  for (const lv of md.lvs.filter((candidate) => !candidate.hidden)) {
     for (const [segmentIndex, segment] of lv.segments.entries()) {
       const areaIndex = segment.areas.findIndex((area) => area.pvUuid === pvUuid);
       if (areaIndex >= 0) {
@@ -358,6 +387,13 @@ function segmentAt(lv: LvRecord | undefined, lvExtent: number): LvSegment | unde
 }
 
 function moveInProgress(md: VgMetadata): TandemError {
+  if (md.lockspaceMove !== undefined) {
+    return new TandemError(
+      'MOVE_IN_PROGRESS',
+      `${describeLockspaceMove(md.lockspaceMove)} runs in VG ${md.name}; run pv move again to ` +
+        'finish or abort it first',
+    );
+  }
   const lv = md.move === undefined ? undefined : findLvByUuid(md, md.move.lvUuid);
   return new TandemError(
     'MOVE_IN_PROGRESS',

@@ -9,6 +9,12 @@
 
 /** The version of the VG metadata body; a reader refuses a newer one. */
 export const vgMetadataVersion = 1;
+/**
+ * The body version written while a lockspace move is recorded. A tandem from before the record
+ * existed would ignore it: allocate its reserved extents and drop it when it commits. Such a
+ * reader refuses version 2 instead (MDA_VERSION), and only while the record exists.
+ */
+export const vgMetadataVersionLockspaceMove = 2;
 
 /** Named limits (STYLE: everything has a limit). */
 export const pvsPerVgMax = 256;
@@ -27,6 +33,8 @@ export const extentSizeBytesMax = 1024 * 1024 * 1024;
 export const stripeSizeBytesDefault = 64 * 1024;
 /** The hidden LV that holds the VG's lockspace (as lvmlockd's `lvmlock`). */
 export const lockspaceLvName = '[lockspace]';
+/** A host name as the lockspace's host slots hold it (heartbeat-store's hostNameBytesMax). */
+export const hostNameBytesMax = 64;
 
 export type AllocationPolicy = 'normal' | 'contiguous' | 'anywhere';
 
@@ -100,6 +108,29 @@ export interface PvMoveRecord {
   readonly totalExtentCount: number;
 }
 
+/**
+ * A move of the hidden lockspace LV in progress (pv move; see
+ * docs/adr/0002-moving-the-lockspace-lv.md). lockspace-move-plan.ts begins, finishes and aborts it.
+ */
+export interface LockspaceMoveRecord {
+  /** The move epoch: the seqno of the commit that began the move; the lockspace header names it. */
+  readonly epoch: number;
+  /** The PV being emptied. */
+  readonly sourcePvUuid: string;
+  /**
+   * Where the lockspace LV goes: segments covering all of its logical extents (same count),
+   * contiguous from LE 0, like an LV's.
+   */
+  readonly segments: readonly LvSegment[];
+  /**
+   * The host running the move: its host id and generation in the VG's lockspace, and its name
+   * (for messages).
+   */
+  readonly moverHostId: number;
+  readonly moverGeneration: number;
+  readonly moverHostName: string;
+}
+
 export interface VgMetadata {
   readonly version: number;
   readonly uuid: string;
@@ -120,6 +151,10 @@ export interface VgMetadata {
   readonly lvs: readonly LvRecord[];
   /** At most one evacuation at a time. */
   readonly move: PvMoveRecord | undefined;
+  /**
+   * Absent unless a lockspace move runs (or was interrupted); its segments are reserved extents.
+   */
+  readonly lockspaceMove?: LockspaceMoveRecord;
   /**
    * Set by `vg remove` before it wipes the PVs: every host leaves the VG's lockspace when it
    * sees it, and the wipe waits for that, so no host heartbeats into space that is free again.

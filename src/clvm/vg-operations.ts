@@ -10,8 +10,9 @@
  * The LV changes live in lv-operations.ts and PV evacuation (pv move) in move-planner.ts; this
  * module re-exports the LV changes, the queries and the validation, so callers need one import.
  */
-import { TandemError } from '../errors.js';
+import { TandemError, assert } from '../errors.js';
 import { allocateExtents } from './allocator.js';
+import { withoutLockspaceMove } from './lockspace-move-plan.js';
 import type { LvRecord, LvSegment, PvRecord, VgMetadata } from './types.js';
 import {
   extentSizeBytesMax,
@@ -28,7 +29,14 @@ import {
   isPositiveInteger,
   type ChangeContext,
 } from './vg-change.js';
-import { lvsOnPv } from './vg-queries.js';
+import {
+  areaExtentCount,
+  describeLockspaceMove,
+  findLv,
+  lockspaceMoveOnPv,
+  lvsOnPv,
+  usedExtentRuns,
+} from './vg-queries.js';
 import { validateVgMetadata } from './vg-validate.js';
 
 export {
@@ -183,6 +191,7 @@ export function reduceVg(md: VgMetadata, pvUuid: string, context: ChangeContext)
       `a pv move step uses PV ${pvUuid}; let it finish or abort it first`,
     );
   }
+  checkNoLockspaceMoveOn(md, pvUuid);
   const users = lvsOnPv(md, pvUuid).map((lv) => lv.name);
   if (users.length > 0) {
     throw new TandemError(
@@ -193,6 +202,26 @@ export function reduceVg(md: VgMetadata, pvUuid: string, context: ChangeContext)
   }
   const pvs = md.pvs.filter((member) => member !== pv);
   return commitChange(md, { pvs }, `vg reduce ${md.name} ${pv.deviceHint}`, context);
+}
+
+/** vg reduce waits for a lockspace move that empties the PV or fills it. */
+function checkNoLockspaceMoveOn(md: VgMetadata, pvUuid: string): void {
+  const record = md.lockspaceMove;
+  if (record === undefined) {
+    return;
+  }
+  const how = lockspaceMoveOnPv(record, pvUuid)
+    ? 'moved onto it'
+    : record.sourcePvUuid === pvUuid
+      ? 'moved off it'
+      : undefined;
+  if (how !== undefined) {
+    throw new TandemError(
+      'MOVE_IN_PROGRESS',
+      `PV ${pvUuid} is in use: the lockspace LV is being ${how} (${describeLockspaceMove(record)}); ` +
+        'run pv move again to finish or abort that move first',
+    );
+  }
 }
 
 /**
@@ -236,10 +265,22 @@ export function markRemoving(md: VgMetadata, context: ChangeContext): VgMetadata
   if (md.move !== undefined) {
     throw new TandemError('MOVE_IN_PROGRESS', `a pv move step runs in VG ${md.name}; abort it`);
   }
+  if (md.lockspaceMove !== undefined) {
+    throw new TandemError(
+      'MOVE_IN_PROGRESS',
+      `${describeLockspaceMove(md.lockspaceMove)} runs in VG ${md.name}; run pv move again to ` +
+        'finish or abort it',
+    );
+  }
   return commitChange(md, { removing: true }, `vg remove ${md.name}`, context);
 }
 
-/** Makes an older version of the VG current again: its body, with the next seqno. */
+/**
+ * Makes an older version of the VG current again: its body, with the next seqno, except the
+ * lockspace's place. The hidden lockspace LV keeps its current segments, and no lockspace move
+ * record comes back: where the lockspace is is not user data, and an older place would point
+ * every host at stale lease data.
+ */
 export function restoreVersion(
   current: VgMetadata,
   old: VgMetadata,
@@ -255,6 +296,62 @@ export function restoreVersion(
       `a pv move step runs in VG ${current.name}; let it finish or abort it first`,
     );
   }
+  if (current.lockspaceMove !== undefined) {
+    throw new TandemError(
+      'MOVE_IN_PROGRESS',
+      `${describeLockspaceMove(current.lockspaceMove)} runs in VG ${current.name}; run pv move ` +
+        'again to finish or abort it first',
+    );
+  }
   validateVgMetadata(old);
-  return commitChange(current, { ...old }, `vg restore seqno ${old.seqno}`, context);
+  const lockspace = findLv(current, lockspaceLvName);
+  assert(lockspace !== undefined, 'valid VG metadata has a lockspace LV');
+  checkLockspacePlaceFree(old, lockspace.segments);
+  const lvs = old.lvs.map((lv) => (lv.hidden ? lockspace : lv));
+  return commitChange(
+    current,
+    { ...withoutLockspaceMove(old), lvs },
+    `vg restore seqno ${old.seqno}`,
+    context,
+  );
+}
+
+/**
+ * The old version must have room for the lockspace where it is now: its PVs, and no LV (or move
+ * step target) of the old version on those extents, which happens when the lockspace moved
+ * after that version was current.
+ */
+function checkLockspacePlaceFree(old: VgMetadata, segments: readonly LvSegment[]): void {
+  const others = usedExtentRuns({
+    ...withoutLockspaceMove(old),
+    lvs: old.lvs.filter((lv) => !lv.hidden),
+  });
+  for (const segment of segments) {
+    const count = areaExtentCount(segment);
+    for (const area of segment.areas) {
+      const pv = old.pvs.find((candidate) => candidate.uuid === area.pvUuid);
+      if (pv === undefined || area.pvExtentStart + count > pv.extentCount) {
+        throw new TandemError(
+          'FAILED_PRECONDITION',
+          `the lockspace LV is now on PV ${area.pvUuid}, which the version of seqno ${old.seqno} ` +
+            'does not have (or has smaller); the lockspace stays where it is, so restore a ' +
+            'later version',
+        );
+      }
+      const clash = (others.get(area.pvUuid) ?? []).find(
+        (run) =>
+          run.pvExtentStart < area.pvExtentStart + count &&
+          area.pvExtentStart < run.pvExtentStart + run.extentCount,
+      );
+      if (clash !== undefined) {
+        throw new TandemError(
+          'FAILED_PRECONDITION',
+          `the version of seqno ${old.seqno} has ${clash.owner} on PV ${area.pvUuid} extents ` +
+            `${clash.pvExtentStart}-${clash.pvExtentStart + clash.extentCount - 1}, where the ` +
+            'lockspace LV is now (it moved after that version); the lockspace stays where it ' +
+            'is, so that version cannot be restored',
+        );
+      }
+    }
+  }
 }

@@ -2,7 +2,14 @@
  * Read-only questions about VG metadata: which LV has a name, how big it is, which physical
  * extents are taken. Pure functions of a VgMetadata; vg-operations.ts re-exports them.
  */
-import type { LvRecord, LvSegment, PvMoveRecord, VgMetadata } from './types.js';
+import type {
+  LockspaceMoveRecord,
+  LvRecord,
+  LvSegment,
+  PvMoveRecord,
+  VgMetadata,
+} from './types.js';
+import { lockspaceLvName } from './types.js';
 
 /** A run of physical extents on one PV. */
 export interface ExtentRun {
@@ -12,7 +19,7 @@ export interface ExtentRun {
 
 /** A run of physical extents and what holds it, for the overlap check and error messages. */
 export interface UsedExtentRun extends ExtentRun {
-  /** "lv vm1-disk0 segment 2 area 0" or "the move target". */
+  /** "lv vm1-disk0 segment 2 area 0", "the pv move target" or "the lockspace move target ...". */
   readonly owner: string;
 }
 
@@ -42,7 +49,11 @@ export function lvSizeBytes(md: VgMetadata, lv: LvRecord): number {
   return lvExtentCount(lv) * md.extentSizeBytes;
 }
 
-/** The PEs of a PV that LV segments hold (a move step's reserved target run is not counted). */
+/**
+ * The PEs of a PV that LV segments hold. The runs a move reserves (a move step's target run, a
+ * lockspace move's target segments) are not counted: pv move counts its progress with this on
+ * its source PV, which neither kind of move ever targets.
+ */
 export function pvUsedExtents(md: VgMetadata, pvUuid: string): number {
   let count = 0;
   for (const lv of md.lvs) {
@@ -59,9 +70,27 @@ export function pvUsedExtents(md: VgMetadata, pvUuid: string): number {
 
 /** The LVs (hidden ones included) with at least one extent on the PV, in metadata order. */
 export function lvsOnPv(md: VgMetadata, pvUuid: string): LvRecord[] {
-  return md.lvs.filter((lv) =>
-    lv.segments.some((segment) => segment.areas.some((area) => area.pvUuid === pvUuid)),
-  );
+  return md.lvs.filter((lv) => segmentsOnPv(lv.segments, pvUuid));
+}
+
+function segmentsOnPv(segments: readonly LvSegment[], pvUuid: string): boolean {
+  return segments.some((segment) => segment.areas.some((area) => area.pvUuid === pvUuid));
+}
+
+/** Whether the hidden lockspace LV has an area on the PV. */
+export function lockspaceOnPv(md: VgMetadata, pvUuid: string): boolean {
+  const lockspace = findLv(md, lockspaceLvName);
+  return lockspace !== undefined && segmentsOnPv(lockspace.segments, pvUuid);
+}
+
+/** Whether a lockspace move's target segments have an area on the PV. */
+export function lockspaceMoveOnPv(record: LockspaceMoveRecord, pvUuid: string): boolean {
+  return segmentsOnPv(record.segments, pvUuid);
+}
+
+/** "a lockspace move (epoch 7, run by host hv-01)", for the messages of refused changes. */
+export function describeLockspaceMove(record: LockspaceMoveRecord): string {
+  return `a lockspace move (epoch ${record.epoch}, run by host ${record.moverHostName})`;
 }
 
 /** The run a move step reserves on its target PV: as many PEs as one area of the step holds. */
@@ -75,8 +104,10 @@ export function moveTargetExtentCount(md: VgMetadata, move: PvMoveRecord): numbe
 }
 
 /**
- * Every used run per PV, sorted by start: LV areas and the move step's target run. Runs of a
- * valid VG never overlap; validateVgMetadata uses this to prove it.
+ * Every used run per PV, sorted by start: LV areas, the move step's target run and the target
+ * segments of a lockspace move (reserved until the move finishes or aborts). Runs of a valid VG
+ * never overlap; validateVgMetadata uses this to prove it, and the allocator allocates only
+ * around them.
  */
 export function usedExtentRuns(md: VgMetadata): Map<string, UsedExtentRun[]> {
   const used = new Map<string, UsedExtentRun[]>();
@@ -88,16 +119,19 @@ export function usedExtentRuns(md: VgMetadata): Map<string, UsedExtentRun[]> {
       runs.push(run);
     }
   };
-  for (const lv of md.lvs) {
-    lv.segments.forEach((segment, segmentIndex) => {
+  const addSegments = (segments: readonly LvSegment[], owner: string): void => {
+    segments.forEach((segment, segmentIndex) => {
       segment.areas.forEach((area, areaIndex) => {
         add(area.pvUuid, {
           pvExtentStart: area.pvExtentStart,
           extentCount: areaExtentCount(segment),
-          owner: `lv ${lv.name} segment ${segmentIndex} area ${areaIndex}`,
+          owner: `${owner} segment ${segmentIndex} area ${areaIndex}`,
         });
       });
     });
+  };
+  for (const lv of md.lvs) {
+    addSegments(lv.segments, `lv ${lv.name}`);
   }
   if (md.move !== undefined) {
     add(md.move.targetPvUuid, {
@@ -106,13 +140,19 @@ export function usedExtentRuns(md: VgMetadata): Map<string, UsedExtentRun[]> {
       owner: 'the pv move target',
     });
   }
+  if (md.lockspaceMove !== undefined) {
+    addSegments(
+      md.lockspaceMove.segments,
+      `the lockspace move target (epoch ${md.lockspaceMove.epoch})`,
+    );
+  }
   for (const runs of used.values()) {
     runs.sort((a, b) => a.pvExtentStart - b.pvExtentStart);
   }
   return used;
 }
 
-/** PEs in the VG, and those neither in an LV nor reserved by a move step. */
+/** PEs in the VG, and those neither in an LV nor reserved by a move (step or lockspace move). */
 export function vgExtentTotals(md: VgMetadata): { extentCount: number; freeExtentCount: number } {
   let extentCount = 0;
   for (const pv of md.pvs) {

@@ -10,6 +10,7 @@ import type { LvRecord, LvSegment, PvRecord, VgMetadata } from './types.js';
 import {
   extentSizeBytesMax,
   extentSizeBytesMin,
+  hostNameBytesMax,
   lockspaceLvName,
   lvsPerVgMax,
   nameBytesMax,
@@ -23,7 +24,11 @@ import {
 } from './types.js';
 import {
   areaExtentCount,
+  findLv,
   findLvByUuid,
+  lockspaceMoveOnPv,
+  lockspaceOnPv,
+  lvExtentCount,
   moveTargetExtentCount,
   usedExtentRuns,
 } from './vg-queries.js';
@@ -63,6 +68,28 @@ export function isStripeSizeValid(stripeSizeBytes: number, extentSizeBytes: numb
   );
 }
 
+/** The host running a lockspace move, as its record names it. */
+export interface LockspaceMover {
+  readonly hostId: number;
+  readonly generation: number;
+  readonly hostName: string;
+}
+
+/** Why the mover of a lockspace move is not a possible host of the VG, or undefined when it is. */
+export function lockspaceMoverProblem(md: VgMetadata, mover: LockspaceMover): string | undefined {
+  if (!Number.isSafeInteger(mover.hostId) || mover.hostId < 1 || mover.hostId > md.maxHosts) {
+    return `host id ${mover.hostId} is not 1 to ${md.maxHosts}`;
+  }
+  if (!Number.isSafeInteger(mover.generation) || mover.generation < 1) {
+    return `generation ${mover.generation} is not a positive integer`;
+  }
+  const nameBytes = Buffer.byteLength(mover.hostName);
+  if (nameBytes === 0 || nameBytes > hostNameBytesMax) {
+    return `host name ${JSON.stringify(mover.hostName)} is not 1 to ${hostNameBytesMax} bytes`;
+  }
+  return undefined;
+}
+
 /** Throws METADATA_INVALID naming the first broken invariant; returns the metadata unchanged. */
 export function validateVgMetadata(md: VgMetadata): VgMetadata {
   check(md.version === vgMetadataVersion, `version ${md.version} is not ${vgMetadataVersion}`);
@@ -87,6 +114,7 @@ export function validateVgMetadata(md: VgMetadata): VgMetadata {
   validatePvs(md);
   validateLvs(md);
   validateMove(md);
+  validateLockspaceMove(md);
   validateNoSharedExtents(md);
   return md;
 }
@@ -156,7 +184,7 @@ function validateLvs(md: VgMetadata): void {
     }
     validateTags(lv);
     check(Number.isFinite(lv.createdWallMs), `LV ${lv.name} createdWallMs is not finite`);
-    validateSegments(md, lv, pvs);
+    validateSegments(md, lv.segments, `LV ${lv.name}`, pvs);
   }
   check(lockspaceCount === 1, `the VG has ${lockspaceCount} lockspace LVs, not exactly 1`);
 }
@@ -170,14 +198,20 @@ function validateTags(lv: LvRecord): void {
   }
 }
 
-function validateSegments(md: VgMetadata, lv: LvRecord, pvs: Map<string, PvRecord>): void {
+/** The segments of an LV (or of where a lockspace move puts one), named `owner` in messages. */
+function validateSegments(
+  md: VgMetadata,
+  segments: readonly LvSegment[],
+  owner: string,
+  pvs: ReadonlyMap<string, PvRecord>,
+): void {
   check(
-    lv.segments.length >= 1 && lv.segments.length <= segmentsPerLvMax,
-    `LV ${lv.name} has ${lv.segments.length} segments, not 1 to ${segmentsPerLvMax}`,
+    segments.length >= 1 && segments.length <= segmentsPerLvMax,
+    `${owner} has ${segments.length} segments, not 1 to ${segmentsPerLvMax}`,
   );
   let lvExtentStart = 0;
-  lv.segments.forEach((segment, index) => {
-    const where = `LV ${lv.name} segment ${index}`;
+  segments.forEach((segment, index) => {
+    const where = `${owner} segment ${index}`;
     check(
       segment.lvExtentStart === lvExtentStart,
       `${where} starts at LE ${segment.lvExtentStart}, not ${lvExtentStart}`,
@@ -222,6 +256,10 @@ function validateMove(md: VgMetadata): void {
   }
   const lv = findLvByUuid(md, move.lvUuid);
   check(lv !== undefined, `the move step's LV ${move.lvUuid} is not in the VG`);
+  check(
+    !lv.hidden,
+    `the move step's LV is the lockspace LV ${lv.name}, which only a lockspace move moves`,
+  );
   const segment = lv.segments.find(
     (candidate) =>
       candidate.lvExtentStart <= move.lvExtentStart &&
@@ -259,6 +297,53 @@ function validateMove(md: VgMetadata): void {
   check(
     isCount(move.movedExtentCount) && move.movedExtentCount <= move.totalExtentCount,
     `the move progress ${move.movedExtentCount} / ${move.totalExtentCount} is not valid`,
+  );
+}
+
+/**
+ * A lockspace move names a PV of the VG that holds the lockspace LV, a mover that can be a host
+ * of the VG, and target segments shaped as the lockspace LV's would be, off the source PV. Its
+ * target may not overlap anything: validateNoSharedExtents checks that, since usedExtentRuns
+ * counts the target.
+ */
+function validateLockspaceMove(md: VgMetadata): void {
+  const record = md.lockspaceMove;
+  if (record === undefined) {
+    return;
+  }
+  const what = 'the lockspace move';
+  check(md.move === undefined, `${what} and a pv move step are both recorded; one runs at a time`);
+  check(
+    isCount(record.epoch) && record.epoch >= 1 && record.epoch <= md.seqno,
+    `${what} epoch ${record.epoch} is not 1 to the seqno ${md.seqno}`,
+  );
+  check(
+    md.pvs.some((pv) => pv.uuid === record.sourcePvUuid),
+    `${what} source PV ${record.sourcePvUuid} is not in the VG`,
+  );
+  check(
+    lockspaceOnPv(md, record.sourcePvUuid),
+    `${what} source PV ${record.sourcePvUuid} does not hold the lockspace LV`,
+  );
+  const moverProblem = lockspaceMoverProblem(md, {
+    hostId: record.moverHostId,
+    generation: record.moverGeneration,
+    hostName: record.moverHostName,
+  });
+  check(moverProblem === undefined, `${what}'s mover ${moverProblem}`);
+  const owner = `${what} target`;
+  validateSegments(md, record.segments, owner, new Map(md.pvs.map((pv) => [pv.uuid, pv])));
+  // validateLvs has checked that the VG has exactly one lockspace LV.
+  const lockspace = findLv(md, lockspaceLvName);
+  check(lockspace !== undefined, `${what} is recorded, but the VG has no lockspace LV`);
+  const extentCount = record.segments.reduce((sum, segment) => sum + segment.extentCount, 0);
+  check(
+    extentCount === lvExtentCount(lockspace),
+    `${owner} maps ${extentCount} extents, not the ${lvExtentCount(lockspace)} of the lockspace LV`,
+  );
+  check(
+    !lockspaceMoveOnPv(record, record.sourcePvUuid),
+    `${owner} has an area on the source PV ${record.sourcePvUuid}`,
   );
 }
 

@@ -50,16 +50,16 @@ describe('freeExtentRuns', () => {
 
   it('counts the target run of a move step as used', () => {
     let md = newVg([10, 10]);
-    md = withLv(md, 'a', 4, 'pv0');
+    md = withLv(md, 'a', 4, 'pv1');
     const step = planMoveStep(md, {
-      sourcePvUuid: 'pv0',
-      targetPvUuids: ['pv1'],
+      sourcePvUuid: 'pv1',
+      targetPvUuids: ['pv0'],
       maxStepExtents: 3,
     });
     assert.ok(step !== undefined);
     md = beginMoveStep(md, step, context);
-    // The first step moves the hidden lockspace LV's one extent, the first LV on pv0.
-    assert.deepEqual(freeExtentRuns(md).get('pv1'), [{ pvExtentStart: 1, extentCount: 9 }]);
+    // The step moves 3 of a's extents to the run after the lockspace LV's one extent on pv0.
+    assert.deepEqual(freeExtentRuns(md).get('pv0'), [{ pvExtentStart: 4, extentCount: 6 }]);
   });
 });
 

@@ -139,6 +139,61 @@ describe('VG metadata body', () => {
     assert.deepStrictEqual(decodeVgMetadata(encodeVgMetadata(moving), 'test'), moving);
   });
 
+  it('round trips a lockspace move; metadata from before the field reads as none', () => {
+    const plain = fixture([label, { ...label, pvUuid: '44444444-4444-4444-8444-444444444444' }], 9);
+    assert.equal('lockspaceMove' in decodeVgMetadata(encodeVgMetadata(plain), 'test'), false);
+    const moving: VgMetadata = {
+      ...plain,
+      lockspaceMove: {
+        epoch: 2 ** 40 + 1,
+        sourcePvUuid: label.pvUuid,
+        segments: [
+          {
+            lvExtentStart: 0,
+            extentCount: 2,
+            stripeSizeBytes: 0,
+            areas: [{ pvUuid: '44444444-4444-4444-8444-444444444444', pvExtentStart: 5 }],
+          },
+          {
+            lvExtentStart: 2,
+            extentCount: 1,
+            stripeSizeBytes: 0,
+            areas: [{ pvUuid: '44444444-4444-4444-8444-444444444444', pvExtentStart: 0 }],
+          },
+        ],
+        moverHostId: 2000,
+        moverGeneration: 2 ** 53 - 1,
+        moverHostName: 'hv-01.example',
+      },
+    };
+    const bytes = encodeVgMetadata(moving);
+    assert.deepStrictEqual(decodeVgMetadata(bytes, 'test'), moving);
+    // While the record exists the body says version 2, which an older tandem refuses rather
+    // than dropping the record (field 1, varint: 0x08 then the version).
+    assert.deepEqual([...bytes.subarray(0, 2)], [0x08, 0x02]);
+    assert.deepEqual([...encodeVgMetadata(plain).subarray(0, 2)], [0x08, 0x01]);
+    // The body as a tandem without the field writes it: the same schema less lockspace_move.
+    const root = protobuf.loadSync(path.join(protoDirectory(), 'tandem/v1/vg_metadata.proto'));
+    const vgType = root.lookupType('tandem.v1.ondisk.VgMetadata');
+    const field = vgType.fields['lockspaceMove'];
+    assert.ok(field !== undefined && field.id === 17);
+    vgType.remove(field);
+    const oldBytes = vgType.encode(vgType.decode(bytes)).finish();
+    assert.ok(oldBytes.length < bytes.length, 'the old schema drops the record');
+    const decodedOld = decodeVgMetadata(oldBytes, 'test');
+    assert.equal(decodedOld.lockspaceMove, undefined);
+    assert.deepStrictEqual(decodedOld, plain);
+    // Numbers that do not fit their field are refused before anything is written.
+    const record = moving.lockspaceMove;
+    assert.ok(record !== undefined);
+    for (const bad of [{ moverHostId: 2 ** 32 }, { moverGeneration: -1 }, { epoch: 1.5 }]) {
+      assert.equal(
+        codeOf(() => encodeVgMetadata({ ...moving, lockspaceMove: { ...record, ...bad } })),
+        'METADATA_INVALID',
+      );
+    }
+  });
+
   it('round trips a PV that is not allocatable; metadata from before the flag reads as allocatable', () => {
     const plain = fixture([label, { ...label, pvUuid: '44444444-4444-4444-8444-444444444444' }], 5);
     const [first, second] = plain.pvs;
@@ -177,12 +232,15 @@ describe('VG metadata body', () => {
 
   it('refuses a newer version, unsafe 64-bit values and garbage', () => {
     const bytes = encodeVgMetadata(fixture([label], 1));
-    // A later occurrence of a scalar field wins in protobuf: append version 2, then seqno 2^60.
-    const newer = Buffer.concat([bytes, Buffer.from([0x08, 0x02])]);
+    // A later occurrence of a scalar field wins in protobuf: append version 3, then seqno 2^60.
+    // (Version 2 marks a body with a lockspace move, for readers older than the record.)
+    const newer = Buffer.concat([bytes, Buffer.from([0x08, 0x03])]);
     assert.equal(
       codeOf(() => decodeVgMetadata(newer, 't')),
       'MDA_VERSION',
     );
+    const marked = Buffer.concat([bytes, Buffer.from([0x08, 0x02])]);
+    assert.equal(decodeVgMetadata(marked, 't').version, 1);
     const huge = Buffer.concat([
       bytes,
       Buffer.from([0x20, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10]),
@@ -713,12 +771,36 @@ describe('decoders on random and mutated bytes', () => {
   const body = encodeVgMetadata(
     fixture([{ ...geometry, pvUuid: 'p', vgUuid, createdWallMs: 1 }], 3),
   );
+  const moving = fixture([{ ...geometry, pvUuid: 'p', vgUuid, createdWallMs: 1 }], 3);
+  const bodyWithLockspaceMove = encodeVgMetadata({
+    ...moving,
+    lockspaceMove: {
+      epoch: 3,
+      sourcePvUuid: 'p',
+      segments: [
+        {
+          lvExtentStart: 0,
+          extentCount: 1,
+          stripeSizeBytes: 0,
+          areas: [{ pvUuid: 'q', pvExtentStart: 4 }],
+        },
+      ],
+      moverHostId: 1,
+      moverGeneration: 7,
+      moverHostName: 'hv-01',
+    },
+  });
   const record = encodeRecord({ vgUuid, seqno: 3, previous: { offsetBytes: 0, seqno: 2 } }, body);
   const decoders: Array<[string, Buffer, (bytes: Buffer) => unknown]> = [
     ['label', label, (bytes) => decodePvLabel(bytes, 'fuzz')],
     ['MDA header', header, (bytes) => decodeMdaHeader(bytes, 'fuzz', 1_044_480)],
     ['record header', record.subarray(0, 4096), (bytes) => decodeRecordHeader(bytes, 'fuzz')],
     ['body', body, (bytes) => decodeVgMetadata(bytes, 'fuzz')],
+    [
+      'body with a lockspace move',
+      bodyWithLockspaceMove,
+      (bytes) => decodeVgMetadata(bytes, 'fuzz'),
+    ],
   ];
   const onlyTandemErrors = (decode: (bytes: Buffer) => unknown, bytes: Buffer) => {
     try {

@@ -1,12 +1,19 @@
 /**
  * pv move planning: steps move exactly their extents (the rest of every LV's mapping stays put)
  * until the source PV is empty, striped areas keep to PVs without another stripe, aborts change
- * nothing; and random sequences of LV changes and moves never share a PE or lose an LE.
+ * nothing, the lockspace LV moves only by a lockspace move (before the steps); and random
+ * sequences of LV changes and moves never share a PE or lose an LE.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
 import { isTandemError } from '../../src/errors.js';
+import {
+  abortLockspaceMove,
+  beginLockspaceMove,
+  finishLockspaceMove,
+  lockspaceOnPv,
+} from '../../src/clvm/lockspace-move-plan.js';
 import {
   abortMoveStep,
   beginMoveStep,
@@ -39,6 +46,14 @@ import {
   newVg,
   usedPhysicalExtents,
 } from './clvm-metadata-fixtures.js';
+
+const mover = { hostId: 1, generation: 1, hostName: 'host-a' };
+
+/** `md` with its lockspace LV moved off the PV, as pv move does before its steps. */
+function lockspaceMovedOff(md: VgMetadata, sourcePvUuid: string): VgMetadata {
+  const options = { sourcePvUuid, targetPvUuids: [], missingPvUuids: [], mover };
+  return finishLockspaceMove(beginLockspaceMove(md, options, context), context);
+}
 
 /** Runs a whole pv move of `source`, checking each finished step moved exactly its extents. */
 function evacuate(
@@ -76,6 +91,13 @@ describe('pv move planning', () => {
     md = lv(md, 'a', 7, { pvUuids: ['pv0'] });
     md = lv(md, 's', 12, { stripes: 3, pvUuids: ['pv0', 'pv1', 'pv2'] });
     md = lv(md, 'b', 5, { pvUuids: ['pv0'] });
+    // The lockspace LV is not a step's to move: it moves first, by a lockspace move.
+    expectCode(
+      () => planMoveStep(md, { sourcePvUuid: 'pv0', targetPvUuids: [], maxStepExtents: 3 }),
+      'FAILED_PRECONDITION',
+      /holds the lockspace LV/,
+    );
+    md = lockspaceMovedOff(md, 'pv0');
     const used = pvUsedExtents(md, 'pv0');
     const result = evacuate(md, { sourcePvUuid: 'pv0', targetPvUuids: [], maxStepExtents: 3 });
     assert.equal(pvUsedExtents(result.md, 'pv0'), 0);
@@ -116,7 +138,7 @@ describe('pv move planning', () => {
   });
 
   it('abort leaves the mapping as it was and frees the target run', () => {
-    const md = lv(newVg([20, 20]), 'a', 6, { pvUuids: ['pv0'] });
+    const md = lockspaceMovedOff(lv(newVg([20, 20]), 'a', 6, { pvUuids: ['pv0'] }), 'pv0');
     const step = planMoveStep(md, {
       sourcePvUuid: 'pv0',
       targetPvUuids: ['pv1'],
@@ -150,9 +172,7 @@ describe('pv move planning', () => {
       maxStepExtents: 1,
     });
     assert.equal(pvUsedExtents(moved, 'pv1'), 0);
-    const aStep = planMoveStep(md, { sourcePvUuid: 'pv0', targetPvUuids: [], maxStepExtents: 9 });
-    assert.ok(aStep !== undefined);
-    const lockspaceDone = finishMoveStep(beginMoveStep(md, aStep, context), context);
+    const lockspaceDone = lockspaceMovedOff(md, 'pv0');
     const next = planMoveStep(lockspaceDone, {
       sourcePvUuid: 'pv0',
       targetPvUuids: [],
@@ -172,7 +192,9 @@ describe('pv move planning', () => {
       setPvAllocatable(setPvAllocatable(md, 'pv0', false, context), 'pv1', false, context),
     );
     // pv1 has the most free space and would be chosen; it is not allocatable.
-    const result = evacuate(md, { sourcePvUuid: 'pv0', targetPvUuids: [], maxStepExtents: 4 });
+    const moved = deepFreeze(lockspaceMovedOff(md, 'pv0'));
+    assert.equal(lockspaceOnPv(moved, 'pv2'), true);
+    const result = evacuate(moved, { sourcePvUuid: 'pv0', targetPvUuids: [], maxStepExtents: 4 });
     assert.equal(pvUsedExtents(result.md, 'pv0'), 0);
     assert.equal(pvUsedExtents(result.md, 'pv1'), 0);
     assert.equal(pvUsedExtents(result.md, 'pv2'), 7);
@@ -182,21 +204,21 @@ describe('pv move planning', () => {
       /target PV pv1 \(\/dev\/pv1\) is marked not allocatable; allow it first \(pv change PATH --allocatable y\)/,
     );
     // The only allocatable PV is full: the message says which PVs were left out.
-    const full = lv(md, 'b', 10, { pvUuids: ['pv2'] });
+    const full = lv(moved, 'b', 9, { pvUuids: ['pv2'] });
     expectCode(
       () => planMoveStep(full, { sourcePvUuid: 'pv0', targetPvUuids: [], maxStepExtents: 4 }),
       'VG_NO_SPACE',
       /none are free on the allowed PVs \(PVs marked not allocatable are not used: \/dev\/pv1\)/,
     );
     // A step planned before its target PV stopped being allocatable is not begun.
-    const step = planMoveStep(setPvAllocatable(md, 'pv1', true, context), {
+    const step = planMoveStep(setPvAllocatable(moved, 'pv1', true, context), {
       sourcePvUuid: 'pv0',
       targetPvUuids: ['pv1'],
       maxStepExtents: 4,
     });
     assert.ok(step !== undefined);
     expectCode(
-      () => beginMoveStep(md, step, context),
+      () => beginMoveStep(moved, step, context),
       'FAILED_PRECONDITION',
       /no longer allocatable/,
     );
@@ -211,7 +233,7 @@ describe('pv move planning', () => {
     expectCode(() => planMoveStep(md, { ...options, missingPvUuids: ['pv0'] }), 'VG_PARTIAL');
     // pv1 holds 5 of the 16 extents: the move goes until it is full, then says so.
     expectCode(
-      () => evacuate(md, options),
+      () => evacuate(lockspaceMovedOff(md, 'pv0'), options),
       'VG_NO_SPACE',
       /moving LV a off PV pv0 needs free extents on another PV; 11 extents are still to move/,
     );
@@ -312,6 +334,9 @@ function apply(md: VgMetadata, op: Operation): VgMetadata {
 function moveOnce(md: VgMetadata, op: Extract<Operation, { kind: 'move' }>): VgMetadata {
   const source = md.pvs[op.pvIndex % md.pvs.length];
   assert.ok(source !== undefined);
+  if (lockspaceOnPv(md, source.uuid)) {
+    return moveLockspaceOnce(md, source.uuid, op.abort);
+  }
   const step = planMoveStep(md, {
     sourcePvUuid: source.uuid,
     targetPvUuids: [],
@@ -328,6 +353,34 @@ function moveOnce(md: VgMetadata, op: Extract<Operation, { kind: 'move' }>): VgM
   }
   const expected = expectedAfterStep(begun, step);
   const finished = finishMoveStep(begun, context);
+  assert.deepEqual(extentMap(finished), expected);
+  return finished;
+}
+
+/** As pv move before its steps: the lockspace LV moves (or its move aborts); nothing else. */
+function moveLockspaceOnce(md: VgMetadata, sourcePvUuid: string, abort: boolean): VgMetadata {
+  const options = { sourcePvUuid, targetPvUuids: [], missingPvUuids: [], mover };
+  const begun = beginLockspaceMove(md, options, context);
+  assert.deepEqual(extentMap(begun), extentMap(md));
+  // The lockspace LV is linear: its new place, as extentMap lists linear extents.
+  const reserved = (begun.lockspaceMove?.segments ?? []).flatMap((segment) =>
+    Array.from({ length: segment.extentCount }, (_, offset) => {
+      const area = segment.areas[0];
+      assert.ok(area !== undefined && segment.areas.length === 1);
+      return `${area.pvUuid}:${area.pvExtentStart + offset}/1/0/0`;
+    }),
+  );
+  const used = [...usedPhysicalExtents(begun), ...reserved.map((entry) => entry.split('/')[0])];
+  assert.equal(new Set(used).size, used.length);
+  if (abort) {
+    const aborted = abortLockspaceMove(begun, context);
+    assert.deepEqual(aborted.lvs, md.lvs);
+    return aborted;
+  }
+  const finished = finishLockspaceMove(begun, context);
+  assert.equal(lockspaceOnPv(finished, sourcePvUuid), false);
+  const expected = extentMap(md);
+  expected.set(lvNamed(md, lockspaceLvName).uuid, reserved);
   assert.deepEqual(extentMap(finished), expected);
   return finished;
 }
@@ -367,6 +420,7 @@ describe('properties', () => {
           // A whole pv move either empties the PV or stops for lack of space elsewhere.
           const source = md.pvs[evacuatedPvIndex % md.pvs.length]?.uuid ?? '';
           try {
+            if (lockspaceOnPv(md, source)) md = moveLockspaceOnce(md, source, false);
             const result = evacuate(md, {
               sourcePvUuid: source,
               targetPvUuids: [],

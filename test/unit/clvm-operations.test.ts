@@ -5,7 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { LvRecord, VgMetadata } from '../../src/clvm/types.js';
+import { beginLockspaceMove } from '../../src/clvm/lockspace-move-plan.js';
+import type { LockspaceMoveRecord, LvRecord, VgMetadata } from '../../src/clvm/types.js';
 import {
   lockspaceLvName,
   lvsPerVgMax,
@@ -436,7 +437,152 @@ describe('validateVgMetadata', () => {
     pvUuid,
     pvExtentStart,
   });
+  // The lockspace LV (pv0:0) on its way to pv1, whose extents 0 to 5 hold a and s.
+  const moving = beginLockspaceMove(
+    valid,
+    {
+      sourcePvUuid: 'pv0',
+      targetPvUuids: ['pv1'],
+      missingPvUuids: [],
+      mover: { hostId: 3, generation: 2, hostName: 'hv-03' },
+    },
+    context,
+  );
+  const record = moving.lockspaceMove;
+  assert.ok(record !== undefined);
+  const withRecord = (change: Partial<LockspaceMoveRecord>): VgMetadata => ({
+    ...moving,
+    lockspaceMove: { ...record, ...change },
+  });
+  const linear = (lvExtentStart: number, extentCount: number, pvUuid: string, pe: number) => ({
+    lvExtentStart,
+    extentCount,
+    stripeSizeBytes: 0,
+    areas: [area(pvUuid, pe)],
+  });
+  const brokenLockspaceMoves: Array<[string, VgMetadata, RegExp]> = [
+    ['a lockspace move epoch 0', withRecord({ epoch: 0 }), /lockspace move epoch 0 is not 1/],
+    [
+      'a lockspace move epoch past the seqno',
+      withRecord({ epoch: moving.seqno + 1 }),
+      /lockspace move epoch \d+ is not 1 to the seqno/,
+    ],
+    ['a fractional lockspace move epoch', withRecord({ epoch: 1.5 }), /lockspace move epoch 1.5/],
+    [
+      'a lockspace move source not in the VG',
+      withRecord({ sourcePvUuid: 'pv9' }),
+      /lockspace move source PV pv9 is not in the VG/,
+    ],
+    [
+      'a lockspace move source without the lockspace LV',
+      withRecord({ sourcePvUuid: 'pv1', segments: [linear(0, 1, 'pv0', 10)] }),
+      /lockspace move source PV pv1 does not hold the lockspace LV/,
+    ],
+    [
+      'a lockspace move target without segments',
+      withRecord({ segments: [] }),
+      /lockspace move target has 0 segments/,
+    ],
+    [
+      'a lockspace move target not from LE 0',
+      withRecord({ segments: [linear(1, 1, 'pv1', 10)] }),
+      /lockspace move target segment 0 starts at LE 1, not 0/,
+    ],
+    [
+      'a lockspace move target with a gap',
+      withRecord({ segments: [linear(0, 1, 'pv1', 10), linear(2, 1, 'pv1', 12)] }),
+      /lockspace move target segment 1 starts at LE 2, not 1/,
+    ],
+    [
+      'a lockspace move target with a stripe size on a linear segment',
+      withRecord({ segments: [{ ...linear(0, 1, 'pv1', 10), stripeSizeBytes: 65536 }] }),
+      /lockspace move target segment 0 is linear but has a stripe size/,
+    ],
+    [
+      'a lockspace move target on an unknown PV',
+      withRecord({ segments: [linear(0, 1, 'pv9', 0)] }),
+      /lockspace move target segment 0 is on PV pv9, which is not in the VG/,
+    ],
+    [
+      'a lockspace move target past the end of its PV',
+      withRecord({ segments: [linear(0, 1, 'pv1', 20)] }),
+      /lockspace move target segment 0 runs past the end of PV pv1/,
+    ],
+    [
+      'a lockspace move target of another size than the lockspace LV',
+      withRecord({ segments: [linear(0, 2, 'pv1', 10)] }),
+      /lockspace move target maps 2 extents, not the 1 of the lockspace LV/,
+    ],
+    [
+      'a lockspace move target on the source PV',
+      withRecord({ segments: [linear(0, 1, 'pv0', 10)] }),
+      /lockspace move target has an area on the source PV pv0/,
+    ],
+    ['a mover host id 0', withRecord({ moverHostId: 0 }), /mover host id 0 is not 1 to 16/],
+    [
+      'a mover host id past maxHosts',
+      withRecord({ moverHostId: 17 }),
+      /mover host id 17 is not 1 to 16/,
+    ],
+    [
+      'a mover generation 0',
+      withRecord({ moverGeneration: 0 }),
+      /mover generation 0 is not a positive integer/,
+    ],
+    [
+      'an empty mover host name',
+      withRecord({ moverHostName: '' }),
+      /mover host name "" is not 1 to 64 bytes/,
+    ],
+    [
+      'a mover host name over 64 bytes',
+      withRecord({ moverHostName: 'é'.repeat(33) }),
+      /mover host name "é+" is not 1 to 64 bytes/,
+    ],
+    [
+      'a lockspace move target on used extents',
+      withRecord({ segments: [linear(0, 1, 'pv1', 2)] }),
+      /PV pv1 extent 2 is used by both lv a segment 0 area 0 and the lockspace move target \(epoch \d+\) segment 0 area 0/,
+    ],
+    [
+      'a lockspace move and a pv move step at once',
+      {
+        ...moving,
+        move: {
+          sourcePvUuid: 'pv1',
+          targetPvUuids: [],
+          lvUuid: 'a-uuid',
+          lvExtentStart: 0,
+          extentCount: 2,
+          targetPvUuid: 'pv0',
+          targetPvExtentStart: 10,
+          movedExtentCount: 0,
+          totalExtentCount: 5,
+        },
+      },
+      /the lockspace move and a pv move step are both recorded/,
+    ],
+    [
+      'a pv move step of the lockspace LV',
+      {
+        ...valid,
+        move: {
+          sourcePvUuid: 'pv0',
+          targetPvUuids: [],
+          lvUuid: 'lockspace-uuid',
+          lvExtentStart: 0,
+          extentCount: 1,
+          targetPvUuid: 'pv1',
+          targetPvExtentStart: 10,
+          movedExtentCount: 0,
+          totalExtentCount: 1,
+        },
+      },
+      /the move step's LV is the lockspace LV \[lockspace\], which only a lockspace move moves/,
+    ],
+  ];
   const broken: Array<[string, VgMetadata, RegExp]> = [
+    ...brokenLockspaceMoves,
     ['seqno 0', { ...valid, seqno: 0 }, /seqno 0/],
     ['fractional seqno', { ...valid, seqno: 1.5 }, /seqno 1.5/],
     ['newer version', { ...valid, version: 2 }, /version 2/],
@@ -582,6 +728,8 @@ describe('validateVgMetadata', () => {
 
   it('passes valid metadata through', () => {
     assert.equal(validateVgMetadata(valid), valid);
+    assert.equal(validateVgMetadata(moving), moving);
+    assert.deepEqual(record.segments, [linear(0, 1, 'pv1', 6)]);
     assert.equal(lvNamed(valid, 's').segments[0]?.areas[0]?.pvUuid, 'pv0');
   });
 });
