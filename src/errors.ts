@@ -36,6 +36,10 @@ export type ErrorCode =
   | 'LOCKSPACE_NOT_JOINED'
   /** Renewals failed past the fail time: the write gate is closed and every lease is lost. */
   | 'FENCED'
+  /** The lockspace is being moved to other extents: lease writes wait until the move ends. */
+  | 'LOCKSPACE_MOVING'
+  /** The lockspace moved to other extents; this copy is stale and must be opened again. */
+  | 'LOCKSPACE_MOVED'
   // Resource leases (src/locking).
   /** Another host holds the lease in a conflicting mode. */
   | 'LOCK_HELD'

@@ -16,7 +16,9 @@ import {
   type DecodedSlot,
   type HeldSlot,
   type HostSlotRecord,
+  type SlotMoveAck,
   newJoinNonce,
+  noMoveAck,
   encodeHostSlot,
   payloadOffset,
   sameLeaseRecord,
@@ -77,6 +79,12 @@ export interface DeltaLeaseDeps {
   readonly clock: Clock;
   readonly random: Random;
   readonly logger: Logger;
+  /**
+   * Runs right before every slot write is prepared (join, renewal, leave) and says where this
+   * host stands in a move of the lockspace; it may switch the device to another copy first, and
+   * a rejection fails that write (movable-device.ts). Absent: the lockspace never moves.
+   */
+  readonly beforeSlotWrite?: () => Promise<SlotMoveAck>;
 }
 
 interface RewriteRequest {
@@ -200,6 +208,7 @@ export class DeltaLease {
     assert(previous.kind === 'free' || previous.kind === 'held', 'a corrupt slot is never claimed');
     const { io, clock, timings } = this.deps;
     const generation = previous.kind === 'held' ? previous.generation + 1 : 1;
+    const moveAck = await this.beforeSlotWrite();
     const record: HostSlotRecord = {
       hostId,
       left: false,
@@ -210,6 +219,7 @@ export class DeltaLease {
       address: request.identity.address,
       joinNonce: newJoinNonce(() => this.deps.random.next()),
       payload: request.payload,
+      moveAck,
     };
     const slot = encodeHostSlot(record, io.layout.blockSize);
     const leaseRecord = slot.subarray(0, payloadOffset(io.layout.blockSize));
@@ -260,6 +270,10 @@ export class DeltaLease {
     return dead;
   }
 
+  private beforeSlotWrite(): Promise<SlotMoveAck> {
+    return this.deps.beforeSlotWrite?.() ?? Promise.resolve(noMoveAck);
+  }
+
   /** One renewal: read our slot, check it is still ours, write it with the counter + 1. */
   async renew(
     own: OwnSlot,
@@ -289,7 +303,9 @@ export class DeltaLease {
     const { io, clock } = this.deps;
     const startedMs = clock.nowMs();
     let current: SlotObservation;
+    let moveAck: SlotMoveAck;
     try {
+      moveAck = await this.beforeSlotWrite();
       current = await io.readSlot(own.hostId);
     } catch (error) {
       return { kind: 'failed', startedMs, error };
@@ -316,6 +332,7 @@ export class DeltaLease {
       // isOurs compared the whole record, so this is the nonce of our own join.
       joinNonce: current.slot.joinNonce,
       payload,
+      moveAck,
     };
     const slot = encodeHostSlot(record, io.layout.blockSize);
     const leaseRecord = Buffer.from(slot.subarray(0, payloadOffset(io.layout.blockSize)));

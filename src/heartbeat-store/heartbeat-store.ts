@@ -28,6 +28,7 @@ import {
   textFieldProblem,
 } from './slot-format.js';
 import { SlotIo } from './slot-io.js';
+import type { SlotMoveAck } from './slot-format.js';
 import { type LeaseTimings, deriveTimings } from './timings.js';
 import type {
   HostEvent,
@@ -52,6 +53,8 @@ export interface HeartbeatStoreDeps {
   readonly random: Random;
   readonly logger: Logger;
   readonly prober?: PeerProber;
+  /** See DeltaLeaseDeps.beforeSlotWrite: the hook of a lockspace that can move. */
+  readonly beforeSlotWrite?: () => Promise<SlotMoveAck>;
 }
 
 function invalid(message: string): TandemError {
@@ -113,6 +116,7 @@ export class HeartbeatStore implements LivenessSource {
       clock: deps.clock,
       random: deps.random,
       logger,
+      beforeSlotWrite: deps.beforeSlotWrite,
     });
     this.logger = logger;
     this.machine = new LocalStateMachine(logger);
@@ -423,7 +427,8 @@ export class HeartbeatStore implements LivenessSource {
     this.publishes.rejectAll(new TandemError('FENCED', `fenced: ${reason}`));
   }
 
-  private renewSoon(): void {
+  /** Starts the next renewal now instead of at its time (a lockspace move waits for it). */
+  renewSoon(): void {
     this.wakeRequested = true;
     this.wake?.abort();
   }

@@ -19,6 +19,13 @@
  *   36 u32 maxResources · 40 u32 blockSize · 44 u32 ioTimeoutMs · 48 u64 sizeBytes
  *   56 u64 createdWallMs · 64 u64 hostSlotsOffset · 72 u64 directoryOffset
  *   80 u64 resourcesOffset · 88 u64 resourceAreaBytes · 96 name (64 B, UTF-8, zero padded)
+ *   160 u32 move state (0 none, 1 moving, 2 forwarded, 3 aborted) · 164 u32 mover host id
+ *   168 u64 move epoch · 176 u64 mover generation
+ *
+ * The move fields are the lockspace's side of moving it to other extents while it is in use
+ * (docs/adr/0002-moving-the-lockspace-lv.md): only the host running the move writes them, into
+ * the header of the copy being left, and every host decides from them which copy is the
+ * lockspace. Headers written before they existed hold zeros there: no move.
  */
 import { randomUUID } from 'node:crypto';
 import type { BlockDevice } from '../disk/block-device.js';
@@ -38,6 +45,39 @@ export const maxHostsLimit = 2000;
 export const maxResourcesDefault = 256;
 export const maxResourcesLimit = 16_384;
 export const lockspaceNameBytesMax = 64;
+
+const moveOffsets = { state: 160, moverHostId: 164, epoch: 168, moverGeneration: 176 } as const;
+const moveStates = ['none', 'moving', 'forwarded', 'aborted'] as const;
+
+/**
+ * Where a move of the lockspace stands, as the header of the copy being left says:
+ * - `moving`: hosts write their slots here and then to the new copy, and no other lease write;
+ * - `forwarded`: the new copy is the lockspace (the move's commit point);
+ * - `aborted`: this copy stays the lockspace.
+ */
+export type LockspaceMoveState = (typeof moveStates)[number];
+
+export interface LockspaceMoveMark {
+  readonly state: LockspaceMoveState;
+  /** The move's epoch (the VG metadata seqno that began it); 0 with state none. */
+  readonly epoch: number;
+  /** The host running the move: its host id and the generation of its join. */
+  readonly moverHostId: number;
+  readonly moverGeneration: number;
+}
+
+export const noMoveMark: LockspaceMoveMark = {
+  state: 'none',
+  epoch: 0,
+  moverHostId: 0,
+  moverGeneration: 0,
+};
+
+/** A lockspace header as read: its geometry and the move mark. */
+export interface LockspaceHeaderRecord {
+  readonly layout: LockspaceLayout;
+  readonly mark: LockspaceMoveMark;
+}
 
 export interface LockspaceLayout {
   readonly uuid: string;
@@ -150,7 +190,10 @@ function bytesToUuid(bytes: Buffer): string {
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
 }
 
-export function encodeHeader(layout: LockspaceLayout): Buffer {
+export function encodeHeader(
+  layout: LockspaceLayout,
+  mark: LockspaceMoveMark = noMoveMark,
+): Buffer {
   const block = Buffer.alloc(headerBlockBytes);
   lockspaceMagic.copy(block, 0);
   block.writeUInt32LE(lockspaceFormatVersion, 8);
@@ -166,14 +209,70 @@ export function encodeHeader(layout: LockspaceLayout): Buffer {
   block.writeBigUInt64LE(BigInt(layout.resourcesOffset), 80);
   block.writeBigUInt64LE(BigInt(layout.resourceAreaBytes), 88);
   block.write(layout.name, 96, lockspaceNameBytesMax, 'utf8');
+  assert(moveMarkProblem(mark, layout.maxHosts) === undefined, 'a valid move mark');
+  block.writeUInt32LE(moveStates.indexOf(mark.state), moveOffsets.state);
+  block.writeUInt32LE(mark.moverHostId, moveOffsets.moverHostId);
+  block.writeBigUInt64LE(BigInt(mark.epoch), moveOffsets.epoch);
+  block.writeBigUInt64LE(BigInt(mark.moverGeneration), moveOffsets.moverGeneration);
   block.writeUInt32LE(crc32c(block), 12);
   // Assert around every on-disk record (STYLE.md): what we write must decode to what we meant.
-  const decoded = decodeHeader(block, 'encodeHeader');
+  const decoded = decodeHeaderRecord(block, 'encodeHeader');
   assert(
-    decoded.sizeBytes === layout.sizeBytes && decoded.uuid === layout.uuid,
+    decoded.layout.sizeBytes === layout.sizeBytes &&
+      decoded.layout.uuid === layout.uuid &&
+      sameMoveMark(decoded.mark, mark),
     'header round trip',
   );
   return block;
+}
+
+export function sameMoveMark(a: LockspaceMoveMark, b: LockspaceMoveMark): boolean {
+  return (
+    a.state === b.state &&
+    a.epoch === b.epoch &&
+    a.moverHostId === b.moverHostId &&
+    a.moverGeneration === b.moverGeneration
+  );
+}
+
+/** Why a move mark is not valid, or undefined. */
+function moveMarkProblem(mark: LockspaceMoveMark, maxHosts: number): string | undefined {
+  if (mark.state === 'none') {
+    const zero = mark.epoch === 0 && mark.moverHostId === 0 && mark.moverGeneration === 0;
+    return zero ? undefined : 'move fields are set without a move state';
+  }
+  if (!Number.isSafeInteger(mark.epoch) || mark.epoch < 1) return `move epoch ${mark.epoch}`;
+  if (!Number.isInteger(mark.moverHostId) || mark.moverHostId < 1 || mark.moverHostId > maxHosts)
+    return `mover host id ${mark.moverHostId}`;
+  if (!Number.isSafeInteger(mark.moverGeneration) || mark.moverGeneration < 1)
+    return `mover generation ${mark.moverGeneration}`;
+  return undefined;
+}
+
+function decodeMoveMark(block: Buffer, maxHosts: number, where: string): LockspaceMoveMark {
+  const stateIndex = block.readUInt32LE(moveOffsets.state);
+  const state = moveStates[stateIndex];
+  if (state === undefined) {
+    throw new TandemError(
+      'LOCKSPACE_CORRUPT',
+      `${where}: unknown lockspace move state ${stateIndex}`,
+    );
+  }
+  const mark: LockspaceMoveMark = {
+    state,
+    epoch: safeNumber(block.readBigUInt64LE(moveOffsets.epoch), 'move epoch', where),
+    moverHostId: block.readUInt32LE(moveOffsets.moverHostId),
+    moverGeneration: safeNumber(
+      block.readBigUInt64LE(moveOffsets.moverGeneration),
+      'mover generation',
+      where,
+    ),
+  };
+  const problem = moveMarkProblem(mark, maxHosts);
+  if (problem !== undefined) {
+    throw new TandemError('LOCKSPACE_CORRUPT', `${where}: lockspace move mark: ${problem}`);
+  }
+  return mark;
 }
 
 function safeNumber(value: bigint, what: string, where: string): number {
@@ -188,6 +287,11 @@ function safeNumber(value: bigint, what: string, where: string): number {
 
 /** Decodes and checks a header block; `where` names the device for the error message. */
 export function decodeHeader(block: Buffer, where: string): LockspaceLayout {
+  return decodeHeaderRecord(block, where).layout;
+}
+
+/** Decodes and checks a header block with its move mark. */
+export function decodeHeaderRecord(block: Buffer, where: string): LockspaceHeaderRecord {
   if (block.length < headerBlockBytes) {
     throw new TandemError('LOCKSPACE_NOT_FOUND', `${where}: too small to hold a lockspace header`);
   }
@@ -266,7 +370,7 @@ export function decodeHeader(block: Buffer, where: string): LockspaceLayout {
       );
     }
   }
-  return layout;
+  return { layout, mark: decodeMoveMark(block, layout.maxHosts, where) };
 }
 
 export interface FormatOptions extends Omit<LayoutOptions, 'logicalSectorSizeBytes'> {
@@ -314,6 +418,13 @@ export async function formatLockspace(
 
 /** Reads and checks the header of the lockspace on `device`. */
 export async function readLockspaceHeader(device: BlockDevice): Promise<LockspaceLayout> {
+  return (await readLockspaceHeaderRecord(device)).layout;
+}
+
+/** Reads and checks the header of the lockspace on `device`, with its move mark. */
+export async function readLockspaceHeaderRecord(
+  device: BlockDevice,
+): Promise<LockspaceHeaderRecord> {
   if (device.sizeBytes < alignmentBytes) {
     throw new TandemError(
       'LOCKSPACE_NOT_FOUND',
@@ -322,12 +433,26 @@ export async function readLockspaceHeader(device: BlockDevice): Promise<Lockspac
   }
   const block = Buffer.alloc(alignmentBytes);
   await device.read(block, 0);
-  const layout = decodeHeader(block, device.description);
-  if (layout.sizeBytes > device.sizeBytes) {
+  const record = decodeHeaderRecord(block, device.description);
+  if (record.layout.sizeBytes > device.sizeBytes) {
     throw new TandemError(
       'LOCKSPACE_CORRUPT',
-      `${device.description}: lockspace needs ${layout.sizeBytes} bytes but the device has ${device.sizeBytes}`,
+      `${device.description}: lockspace needs ${record.layout.sizeBytes} bytes but the device has ${device.sizeBytes}`,
     );
   }
-  return layout;
+  return record;
+}
+
+/**
+ * Writes the header of the lockspace on `device` with `mark`: one block, FUA, so that it lands
+ * whole (a single-sector write is atomic) and is durable when this resolves.
+ */
+export async function writeLockspaceMoveMark(
+  device: BlockDevice,
+  layout: LockspaceLayout,
+  mark: LockspaceMoveMark,
+): Promise<void> {
+  const block = Buffer.alloc(layout.blockSize);
+  encodeHeader(layout, mark).copy(block, 0);
+  await device.write(block, 0, { fua: true });
 }

@@ -9,6 +9,9 @@
  *   40 u64 wall ms at renewal (humans only) · 48 u32 payload bytes · 52 u32 payload crc32c
  *   56 host name (64 B) · 120 address (64 B, "host:port" of the gRPC API)
  *   184 u64 join nonce (random, chosen at join, kept by every renewal of that join)
+ *   192 u64 move epoch · 200 u32 move phase (0 none, 1 ready, 2 done): where this host stands
+ *       in a move of the lockspace (docs/adr/0002-moving-the-lockspace-lv.md); zero in slots
+ *       written before these fields existed
  *   payloadOffset.. payload (≤ 1 KiB)
  *
  * The lease record is the first block (blockSize bytes) and the payload starts right after it,
@@ -44,8 +47,27 @@ const offsets = {
   hostName: 56,
   address: 120,
   joinNonce: 184,
-  end: 192,
+  moveEpoch: 192,
+  movePhase: 200,
+  end: 204,
 } as const;
+
+const movePhases = ['none', 'ready', 'done'] as const;
+
+/**
+ * A host's answer to a move of the lockspace, written in its slot:
+ * - `ready`: it writes its slot to both copies and makes no other lease write (the copy may run);
+ * - `done`: it left the move (uses one copy again, the new one or the old), so the copy it left
+ *   may be given to other data once every host says so.
+ */
+export type MovePhase = (typeof movePhases)[number];
+
+export interface SlotMoveAck {
+  readonly epoch: number;
+  readonly phase: MovePhase;
+}
+
+export const noMoveAck: SlotMoveAck = { epoch: 0, phase: 'none' };
 
 /** The fields of a held slot, as written by its host. */
 export interface HostSlotRecord {
@@ -62,11 +84,14 @@ export interface HostSlotRecord {
    */
   readonly joinNonce: number;
   readonly payload: Buffer;
+  /** Absent: no move (noMoveAck). */
+  readonly moveAck?: SlotMoveAck;
 }
 
 /** A held slot as read: the record's fields, with a payload that may be unreadable. */
-export type HeldSlot = Omit<HostSlotRecord, 'payload'> & {
+export type HeldSlot = Omit<HostSlotRecord, 'payload' | 'moveAck'> & {
   readonly kind: 'held';
+  readonly moveAck: SlotMoveAck;
   /** Undefined when the payload fails its CRC (e.g. torn by a crash). */
   readonly payload: Buffer | undefined;
   readonly payloadSizeBytes: number;
@@ -130,6 +155,9 @@ export function encodeHostSlot(record: HostSlotRecord, blockSize: number): Buffe
   slot.writeBigUInt64LE(checkSafe(record.renewalCounter, 'counter'), offsets.renewalCounter);
   slot.writeBigUInt64LE(checkSafe(record.renewedWallMs, 'wall ms'), offsets.renewedWallMs);
   slot.writeBigUInt64LE(checkSafe(record.joinNonce, 'join nonce'), offsets.joinNonce);
+  const moveAck = record.moveAck ?? noMoveAck;
+  slot.writeBigUInt64LE(checkSafe(moveAck.epoch, 'move epoch'), offsets.moveEpoch);
+  slot.writeUInt32LE(movePhases.indexOf(moveAck.phase), offsets.movePhase);
   slot.writeUInt32LE(record.payload.length, offsets.payloadBytes);
   slot.writeUInt32LE(crc32c(record.payload), offsets.payloadCrc);
   writeText(slot, record.hostName, offsets.hostName, hostNameBytesMax, 'host name');
@@ -147,6 +175,8 @@ export function encodeHostSlot(record: HostSlotRecord, blockSize: number): Buffe
       decoded.hostName === record.hostName &&
       decoded.address === record.address &&
       decoded.joinNonce === record.joinNonce &&
+      decoded.moveAck.epoch === moveAck.epoch &&
+      decoded.moveAck.phase === moveAck.phase &&
       decoded.payload !== undefined &&
       decoded.payload.equals(record.payload),
     'host slot round trip',
@@ -185,14 +215,19 @@ export function decodeHostSlot(
   const renewalCounter = safeField(leaseRecord, offsets.renewalCounter);
   const renewedWallMs = safeField(leaseRecord, offsets.renewedWallMs);
   const joinNonce = safeField(leaseRecord, offsets.joinNonce);
+  const moveEpoch = safeField(leaseRecord, offsets.moveEpoch);
   if (
     generation === undefined ||
     renewalCounter === undefined ||
     renewedWallMs === undefined ||
-    joinNonce === undefined
+    joinNonce === undefined ||
+    moveEpoch === undefined
   ) {
     return corrupt('a 64-bit field is out of range');
   }
+  const movePhaseIndex = leaseRecord.readUInt32LE(offsets.movePhase);
+  const movePhase = movePhases[movePhaseIndex];
+  if (movePhase === undefined) return corrupt(`unknown move phase ${movePhaseIndex}`);
   if (generation < 1) return corrupt('generation 0');
   const payloadSizeBytes = leaseRecord.readUInt32LE(offsets.payloadBytes);
   if (payloadSizeBytes > payloadBytesMax) return corrupt(`payload of ${payloadSizeBytes} bytes`);
@@ -208,6 +243,7 @@ export function decodeHostSlot(
     hostName: readText(leaseRecord, offsets.hostName, hostNameBytesMax),
     address: readText(leaseRecord, offsets.address, addressBytesMax),
     joinNonce,
+    moveAck: { epoch: moveEpoch, phase: movePhase },
     payload: payloadValid ? Buffer.from(payloadBytes) : undefined,
     payloadSizeBytes,
     leaseRecord: Buffer.from(leaseRecord),

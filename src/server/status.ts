@@ -79,6 +79,8 @@ function statusForCode(code: ErrorCode): grpc.status {
     case 'NBD_DISCONNECTED':
     case 'NBD_SERVER_ERROR':
     case 'LEASE_IO':
+    case 'LOCKSPACE_MOVING':
+    case 'LOCKSPACE_MOVED':
       return grpc.status.UNAVAILABLE;
     default:
       // INTERNAL, NBD_PROTOCOL, and any code added after this switch was last reviewed.

@@ -25,6 +25,7 @@ const record: HostSlotRecord = {
   address: '10.0.0.7:7443',
   joinNonce: 0xabcdef012345,
   payload: Buffer.from('{"vms":["a","b"]}'),
+  moveAck: { epoch: 41, phase: 'ready' },
 };
 
 /** Rewrites the lease CRC after a test changed a field, so only that field is wrong. */
@@ -56,6 +57,8 @@ for (const blockSize of [512, 4096]) {
       assert.equal(slot.toString('utf8', 56, 56 + record.hostName.length), record.hostName);
       assert.equal(slot.toString('utf8', 120, 120 + record.address.length), record.address);
       assert.equal(slot.readBigUInt64LE(184), BigInt(record.joinNonce));
+      assert.equal(slot.readBigUInt64LE(192), 41n);
+      assert.equal(slot.readUInt32LE(200), 1);
       const at = payloadOffset(blockSize);
       assert.equal(at, blockSize === 512 ? 512 : 3072);
       assert.ok(slot.subarray(at, at + record.payload.length).equals(record.payload));
@@ -77,6 +80,7 @@ for (const blockSize of [512, 4096]) {
           payload: record.payload.toString(),
           payloadSizeBytes: record.payload.length,
           leaseRecord: undefined,
+          moveAck: { epoch: 41, phase: 'ready' },
         },
       );
     });
@@ -129,6 +133,8 @@ for (const blockSize of [512, 4096]) {
         ['flags', (slot) => slot.writeUInt32LE(4, 20), /flags/],
         ['generation', (slot) => slot.writeBigUInt64LE(2n ** 60n, 24), /range/],
         ['payload size', (slot) => slot.writeUInt32LE(payloadBytesMax + 1, 48), /payload/],
+        ['move epoch', (slot) => slot.writeBigUInt64LE(2n ** 60n, 192), /range/],
+        ['move phase', (slot) => slot.writeUInt32LE(3, 200), /move phase/],
       ];
       for (const [what, damage, reason] of resealed) {
         const slot = encodeHostSlot(record, blockSize);
@@ -142,6 +148,17 @@ for (const blockSize of [512, 4096]) {
       const onlyMagic = Buffer.alloc(hostSlotBytes);
       onlyMagic.write('TNDMHOST', 0, 'ascii');
       assert.equal(decodeHostSlot(onlyMagic, 7, blockSize).kind, 'corrupt');
+    });
+
+    it('reads a slot written before the move fields existed as no move', () => {
+      const slot = encodeHostSlot({ ...record, moveAck: undefined }, blockSize);
+      assert.equal(slot.readBigUInt64LE(192), 0n);
+      assert.equal(slot.readUInt32LE(200), 0);
+      const decoded = decodeHostSlot(slot, 7, blockSize);
+      assert.deepEqual(decoded.kind === 'held' ? decoded.moveAck : undefined, {
+        epoch: 0,
+        phase: 'none',
+      });
     });
 
     it('keeps the lease fields when only the payload is damaged', () => {
