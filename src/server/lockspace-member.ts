@@ -18,6 +18,7 @@ import { openFileDevice } from '../disk/file-device.js';
 import { openNbdDevice, parseNbdUri } from '../disk/nbd-device.js';
 import { TandemError, isTandemError } from '../errors.js';
 import { HeartbeatStore } from '../heartbeat-store/index.js';
+import { MovableLockspaceDevice } from '../heartbeat-store/movable-device.js';
 import type { HostInstance, LocalEvent, LocalState } from '../heartbeat-store/types.js';
 import { LockManager } from '../locking/index.js';
 import type { LockEvent } from '../locking/types.js';
@@ -110,6 +111,8 @@ export class LockspaceMember {
     const logger = options.logger;
     logger.info('opening lockspace', { lockspace: options.lockspace });
     const device = await (options.openDevice ?? (() => openLockspaceDevice(options.lockspace)))();
+    // A VG's lockspace can move (pv move): its device checks the move mark before slot writes.
+    const movable = device instanceof MovableLockspaceDevice ? device : undefined;
     let prober: GrpcPeerProber | undefined;
     let store: HeartbeatStore | undefined;
     try {
@@ -124,8 +127,11 @@ export class LockspaceMember {
           random: options.random ?? systemRandom,
           logger,
           prober,
+          beforeSlotWrite: movable === undefined ? undefined : () => movable.beforeSlotWrite(),
         },
       );
+      const opened = store;
+      movable?.setLiveness((owner) => opened.ownerLiveness(owner));
       prober.setTimeoutMs(store.timings.ioTimeoutMs);
       logger.info('lockspace opened', {
         uuid: store.layout.uuid,

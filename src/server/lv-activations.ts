@@ -142,6 +142,7 @@ export class LvActivations {
       );
     }
     const lockName = lvLeaseName(lv);
+    await host.whenLockspaceSettled(entry);
     try {
       await locks.acquire(lockName, { mode, waitMs: 0 });
     } catch (error) {
@@ -230,6 +231,7 @@ export class LvActivations {
         `${exportNameOf(entry.vg.name, lv.name)} is not active on this host`,
       );
     }
+    await this.parts.host().whenLockspaceSettled(entry);
     await this.stop(activation, 'deactivated');
     await this.parts.host().locksOf(entry).release(activation.lockName);
   }

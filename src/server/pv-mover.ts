@@ -19,6 +19,10 @@
  * be removed), and `pv change PATH --allocatable y` undoes it. A resumed move finds it already
  * marked and commits nothing for it.
  *
+ * The hidden lockspace LV moves first, if it is on the source, by its own protocol
+ * (lockspace-mover.ts): every host writes it, so no single host can mirror it. A lockspace move
+ * left unfinished by a crash is finished or aborted first, whatever PV it was moving off.
+ *
  * The copy runs on the host where the LV is active (its writes pass through this host's LV
  * device, so only this host can mirror them). An LV active on another host stops the move with
  * a message naming that host; an inactive LV is copied under its lease held exclusive here, so
@@ -35,9 +39,10 @@ import {
   moveStepExtentsDefault,
   moveStepExtentsMax,
 } from '../clvm/move-planner.js';
-import type { PvMoveRecord, VgMetadata } from '../clvm/types.js';
+import { type PvMoveRecord, type VgMetadata, lockspaceLvName } from '../clvm/types.js';
 import { findLvByUuid, pvUsedExtents } from '../clvm/vg-queries.js';
 import type { Logger } from '../log.js';
+import { LockspaceMover } from './lockspace-mover.js';
 import { type LvActivations, describeHolders, lvLeaseName } from './lv-activations.js';
 import { pvAllocatableChange } from './pv-changes.js';
 import type { VgEntry, VolumeHost } from './volume-host.js';
@@ -65,6 +70,7 @@ export interface MoveProgressReport {
 
 export class PvMover {
   private readonly running = new Set<string>();
+  private readonly lockspaceMover: LockspaceMover;
 
   constructor(
     private readonly parts: {
@@ -74,7 +80,9 @@ export class PvMover {
       hostName: string;
       logger: Logger;
     },
-  ) {}
+  ) {
+    this.lockspaceMover = new LockspaceMover(parts);
+  }
 
   async move(
     pvPath: string,
@@ -151,6 +159,21 @@ export class PvMover {
         vg: entry.vg.name,
         step: pending,
       });
+    const usedBeforeLockspace = pvUsedExtents(entry.vg.metadata, sourcePvUuid);
+    await this.lockspaceMover.run(
+      entry,
+      { sourcePvUuid, targetPvUuids },
+      (progress) => {
+        const movedBytes = BigInt(last.movedBytes) + BigInt(progress.copiedBytes);
+        onProgress({ ...last, lvName: lockspaceLvName, movedBytes: String(movedBytes) });
+      },
+      signal,
+    );
+    const usedAfterLockspace = pvUsedExtents(entry.vg.metadata, sourcePvUuid);
+    if (usedAfterLockspace !== usedBeforeLockspace) {
+      last = this.report(entry.vg.metadata, lockspaceLvName, total - usedAfterLockspace, total);
+      onProgress(last);
+    }
     for (;;) {
       if (signal.aborted)
         throw new TandemError('FAILED_PRECONDITION', 'pv move cancelled; run it again to go on');
@@ -214,7 +237,6 @@ export class PvMover {
         `VG ${entry.vg.name} has an unfinished move of another PV (${this.parts.host().pathOf(pending.sourcePvUuid) ?? pending.sourcePvUuid}); run pv move on it first`,
       );
     }
-    checkMovable(entry.vg.metadata, sourcePvUuid, sourceName);
     // A move refused for its targets (not allocatable, say) leaves the source as it was.
     checkMovePvs(entry.vg.metadata, { sourcePvUuid, targetPvUuids });
     const source = entry.vg.metadata.pvs.find((pv) => pv.uuid === sourcePvUuid);
@@ -361,21 +383,5 @@ export class PvMover {
       totalBytes: String(totalExtentCount * metadata.extentSizeBytes),
       done: false,
     };
-  }
-}
-
-/**
- * What this host cannot move online, refused before the first step: the lockspace LV (every
- * host writes its heartbeats and leases there, and only this host's writes would be mirrored).
- */
-function checkMovable(metadata: VgMetadata, sourcePvUuid: string, sourceName: string): void {
-  for (const lv of metadata.lvs) {
-    if (!lv.hidden) continue;
-    if (lv.segments.some((segment) => segment.areas.some((area) => area.pvUuid === sourcePvUuid))) {
-      throw new TandemError(
-        'FAILED_PRECONDITION',
-        `${sourceName} holds the lockspace LV of VG ${metadata.name}, which every host writes to; it cannot be moved online (move the other LVs off another PV instead)`,
-      );
-    }
   }
 }

@@ -21,10 +21,13 @@ import path from 'node:path';
 import type { BlockDevice } from '../disk/block-device.js';
 import { openFileDevice } from '../disk/file-device.js';
 import { openNbdDevice, parseNbdUri } from '../disk/nbd-device.js';
+import { systemClock } from '../clock.js';
 import { TandemError, isTandemError } from '../errors.js';
 import type { LogicalVolumeDevice } from '../clvm/lv-device.js';
+import { readLockspaceHeaderRecord } from '../heartbeat-store/layout.js';
+import { MovableLockspaceDevice } from '../heartbeat-store/movable-device.js';
 import { type PvHandle, readVgMetadata, scanDevices } from '../clvm/metadata-store.js';
-import { lockspaceLvName } from '../clvm/types.js';
+import { type LvSegment, lockspaceLvName } from '../clvm/types.js';
 import { ClusteredVg, decodeSeqnoValue, vgLockName } from '../clvm/volume-group.js';
 import type { Logger } from '../log.js';
 import { LockspaceMember } from './lockspace-member.js';
@@ -51,6 +54,8 @@ export interface VgEntry {
   member: LockspaceMember | undefined;
   joining: Promise<void> | undefined;
   joinError: string | undefined;
+  /** The device of the lockspace this host joined (or is joining); it follows lockspace moves. */
+  lockspace: MovableLockspaceDevice | undefined;
 }
 
 export interface VolumeHostOptions {
@@ -76,8 +81,14 @@ export async function openPvDevice(pvPath: string): Promise<BlockDevice> {
   return openFileDevice(pvPath);
 }
 
-/** A BlockDevice over the VG's hidden lockspace LV. */
-export function lockspaceDevice(vg: ClusteredVg): LogicalVolumeDevice {
+/**
+ * A BlockDevice over the VG's hidden lockspace LV: where its metadata puts it, or, with
+ * `segments`, where a lockspace move puts it.
+ */
+export function lockspaceDevice(
+  vg: ClusteredVg,
+  moved?: { readonly segments: readonly LvSegment[]; readonly epoch: number },
+): LogicalVolumeDevice {
   const metadata = vg.metadata;
   const lv = metadata.lvs.find(
     (candidate) => candidate.hidden && candidate.name === lockspaceLvName,
@@ -85,7 +96,12 @@ export function lockspaceDevice(vg: ClusteredVg): LogicalVolumeDevice {
   if (lv === undefined) {
     throw new TandemError('METADATA_INVALID', `VG ${metadata.name} has no lockspace LV`);
   }
-  return vg.lvDevice(lv, `${metadata.name}/${lockspaceLvName}`);
+  const description = `${metadata.name}/${lockspaceLvName}`;
+  if (moved === undefined) return vg.lvDevice(lv, description);
+  return vg.lvDevice(
+    { ...lv, segments: moved.segments },
+    `${description} (new place, move ${moved.epoch})`,
+  );
 }
 
 export class VolumeHost {
@@ -269,7 +285,13 @@ export class VolumeHost {
       handles,
       this.logger.child({ vg: read.metadata.name }),
     );
-    const entry: VgEntry = { vg, member: undefined, joining: undefined, joinError: undefined };
+    const entry: VgEntry = {
+      vg,
+      member: undefined,
+      joining: undefined,
+      joinError: undefined,
+      lockspace: undefined,
+    };
     this.entries.set(vg.uuid, entry);
     this.logger.info('VG found', {
       vg: vg.name,
@@ -289,7 +311,7 @@ export class VolumeHost {
     const vg = entry.vg;
     entry.joining = LockspaceMember.start({
       lockspace: `vg ${vg.name}`,
-      openDevice: () => Promise.resolve(lockspaceDevice(vg)),
+      openDevice: () => this.openLockspace(entry),
       hostName: this.options.hostName,
       address: this.options.address,
       logger: this.logger.child({ component: 'lockspace', vg: vg.name }),
@@ -314,6 +336,74 @@ export class VolumeHost {
       .finally(() => {
         entry.joining = undefined;
       });
+  }
+
+  /**
+   * The device of the VG's lockspace for a join. The metadata is read again first: the lockspace
+   * may have moved since this host read it. While a move is recorded, the old place's header
+   * says whether it committed (docs/adr/0002-moving-the-lockspace-lv.md, step 8).
+   */
+  private async openLockspace(entry: VgEntry): Promise<MovableLockspaceDevice> {
+    await this.refresh(entry, 'joining its lockspace');
+    const vg = entry.vg;
+    const record = vg.metadata.lockspaceMove;
+    let device: BlockDevice = lockspaceDevice(vg);
+    let resolvedEpoch = 0;
+    if (record !== undefined) {
+      const { mark } = await readLockspaceHeaderRecord(device);
+      if (mark.state === 'forwarded' && mark.epoch === record.epoch) {
+        await device.close();
+        device = lockspaceDevice(vg, record);
+        resolvedEpoch = record.epoch;
+      }
+    }
+    const movable = new MovableLockspaceDevice({
+      device,
+      resolvedEpoch,
+      locate: (epoch) => this.locateMovedLockspace(entry, epoch),
+      ioTimeoutMs: vg.metadata.ioTimeoutMs,
+      clock: systemClock,
+      logger: this.logger.child({ component: 'lockspace', vg: vg.name }),
+    });
+    entry.lockspace = movable;
+    return movable;
+  }
+
+  /** Where a lockspace move of `epoch` goes, from the VG's metadata (read again for it). */
+  private async locateMovedLockspace(entry: VgEntry, epoch: number): Promise<BlockDevice> {
+    await this.refresh(entry, 'a lockspace move began');
+    const record = entry.vg.metadata.lockspaceMove;
+    if (record?.epoch !== epoch) {
+      throw new TandemError(
+        'LOCKSPACE_MOVED',
+        `VG ${entry.vg.name} records no lockspace move ${epoch} (${record === undefined ? 'none' : `move ${record.epoch}`})`,
+      );
+    }
+    const missing = new Set(entry.vg.missingPvUuids());
+    const unreachable = record.segments.flatMap((segment) =>
+      segment.areas.filter((area) => missing.has(area.pvUuid)).map((area) => area.pvUuid),
+    );
+    if (unreachable.length > 0) {
+      // Entering the move would make every renewal fail here: stay out, and the mover aborts.
+      throw new TandemError(
+        'VG_PARTIAL',
+        `the new place of VG ${entry.vg.name}'s lockspace is on PVs this host cannot reach: ${[...new Set(unreachable)].join(', ')}`,
+      );
+    }
+    return lockspaceDevice(entry.vg, record);
+  }
+
+  /**
+   * Waits (bounded) while this host takes part in a lockspace move of the VG, in which lease
+   * writes are refused; lease-taking commands call it first, so that they wait a move's few
+   * seconds out instead of failing with LOCKSPACE_MOVING.
+   */
+  async whenLockspaceSettled(entry: VgEntry, signal?: AbortSignal): Promise<void> {
+    const boundMs = 16 * entry.vg.metadata.ioTimeoutMs;
+    const startedMs = performance.now();
+    while (entry.lockspace?.moving() !== undefined && performance.now() - startedMs < boundMs) {
+      await systemClock.sleep(entry.vg.metadata.ioTimeoutMs / 4, signal);
+    }
   }
 
   /** Leaves a VG's lockspace and forgets the VG (removed, here or elsewhere). */

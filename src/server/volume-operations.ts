@@ -90,6 +90,7 @@ export class VolumeOperations {
     if (entry.vg.metadata.removing === true) {
       throw new TandemError('VG_NOT_FOUND', `VG ${entry.vg.name} is being removed`);
     }
+    await this.host.whenLockspaceSettled(entry, signal);
     const seqnoBefore = entry.vg.metadata.seqno;
     const next = await entry.vg.change(locks, change, { signal });
     // A change with nothing to commit (pv change to the value the PV has) pushes nothing, unless
