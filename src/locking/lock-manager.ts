@@ -14,7 +14,7 @@
  */
 import type { BlockDevice } from '../disk/block-device.js';
 import type { Clock, Random } from '../clock.js';
-import { TandemError } from '../errors.js';
+import { TandemError, isTandemError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { HostInstance, LivenessSource, LocalEvent } from '../heartbeat-store/types.js';
 import {
@@ -337,7 +337,18 @@ export class LockManager implements LockService {
     return this.sweeper.withLocalWaiter(name, async () => {
       for (;;) {
         signal.throwIfAborted();
-        const result = await step();
+        const result = await step().catch((error: unknown) => {
+          // A lockspace move refuses lease writes for the second or so its copy takes (its
+          // ballot, if begun, is simply retried as after contention): a waiter waits it out.
+          const moving = isTandemError(error, 'LOCKSPACE_MOVING');
+          if (!moving || deadlineMs <= this.deps.clock.nowMs()) throw error;
+          return undefined;
+        });
+        if (result === undefined) {
+          const remainingMs = deadlineMs - this.deps.clock.nowMs();
+          await this.deps.clock.sleep(Math.min(pollIntervalMs, remainingMs), signal);
+          continue;
+        }
         if (result.kind === 'acquired') return result.info;
         if (result.cause !== 'local') await this.noteConflict(name, areaIndex, waiter, result);
         const remainingMs = deadlineMs - this.deps.clock.nowMs();

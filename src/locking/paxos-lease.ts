@@ -72,7 +72,8 @@ export type LeaderAttempt =
 
 /**
  * Runs `operation` bounded by ioTimeoutMs. Any failure becomes LEASE_IO (with the cause), except
- * FENCED / LOCKSPACE_NOT_JOINED which say why we did not even try.
+ * LOCKSPACE_MOVING: a moving lockspace refused the write before it reached the device, and a
+ * waiting caller waits the move out (lock-manager.ts).
  */
 export async function boundedIo(
   context: LeaseContext,
@@ -96,7 +97,7 @@ export async function boundedIo(
       );
     }
   } catch (error) {
-    if (isTandemError(error, 'LEASE_IO')) throw error;
+    if (isTandemError(error, 'LEASE_IO') || isTandemError(error, 'LOCKSPACE_MOVING')) throw error;
     throw new TandemError('LEASE_IO', `${what} failed`, { cause: error });
   } finally {
     timer.abort();

@@ -11,6 +11,8 @@ import {
   encodeDirectoryEntry,
   encodeLeader,
 } from '../../src/locking/lease-format.js';
+import type { BlockDevice } from '../../src/disk/block-device.js';
+import { TandemError } from '../../src/errors.js';
 import type { LockEvent } from '../../src/locking/types.js';
 import { code, createCluster, recorder } from './locking-harness.js';
 
@@ -92,6 +94,36 @@ describe('LockManager exclusive mode', () => {
     // Host 3 does not defer to host 2: its ticket was cleared when it stopped waiting.
     const info = await cluster.run(cluster.host(3).manager.acquire('vg0', { mode: 'ex' }));
     assert.equal(info.owner?.hostId, 3);
+  });
+
+  it('waits out a lockspace move that refuses its writes, unless it may not wait', async () => {
+    // Host 1's writes are refused as a moving lockspace refuses them, for the first 600 ms.
+    let movingUntilMs = 0;
+    const cluster = await createCluster({
+      hostCount: 2,
+      wrap: (device, hostId, scheduler) => {
+        if (hostId !== 1) return device;
+        const moving = Object.create(device) as BlockDevice;
+        moving.write = (buffer, offsetBytes, options) =>
+          scheduler.nowMs < movingUntilMs
+            ? Promise.reject(new TandemError('LOCKSPACE_MOVING', 'moving'))
+            : device.write(buffer, offsetBytes, options);
+        return moving;
+      },
+    });
+    const h1 = cluster.host(1).manager;
+    // Names are added to the directory before the move, so that only ballots meet it.
+    await cluster.run(h1.acquire('vg0', { mode: 'ex' }));
+    await cluster.run(h1.release('vg0'));
+    movingUntilMs = cluster.scheduler.nowMs + 600;
+    await assert.rejects(cluster.run(h1.acquire('vg0', { mode: 'ex' })), code('LOCKSPACE_MOVING'));
+    const startedMs = cluster.scheduler.nowMs;
+    const info = await cluster.run(h1.acquire('vg0', { mode: 'ex', waitMs: 5_000 }));
+    assert.equal(info.heldHere, 'ex');
+    assert.ok(cluster.scheduler.nowMs >= movingUntilMs, 'granted once the move ended');
+    assert.ok(cluster.scheduler.nowMs - startedMs < 5_000, 'before the deadline');
+    const seen = await cluster.run(cluster.host(2).manager.inspect('vg0'));
+    assert.equal(seen.owner?.hostId, 1);
   });
 
   it('honours an AbortSignal while waiting', async () => {
