@@ -154,6 +154,7 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     activations,
     hostName: config.hostName,
     logger: volumesLogger,
+    globalLocks: () => member?.locks(),
   });
   const volumes = {
     host: requireVolumeHost,

@@ -28,6 +28,7 @@ import type { LockService } from '../locking/types.js';
 import type { Logger } from '../log.js';
 import { type LvActivations, describeHolders, findUserLv, lvLeaseName } from './lv-activations.js';
 import { findVgPv, pvAllocatableChange } from './pv-changes.js';
+import { VgNameLock, checkVgNameFree } from './vg-name-lock.js';
 import { type VgEntry, type VolumeHost, lockspaceDevice } from './volume-host.js';
 
 export const ioTimeoutMsDefault = 2_000;
@@ -56,14 +57,21 @@ export interface CreateLvInput {
 }
 
 export class VolumeOperations {
+  /** Serialises VG names across hosts (vg create, vg rename): src/server/vg-name-lock.ts. */
+  private readonly nameLock: VgNameLock;
+
   constructor(
     private readonly parts: {
       host: () => VolumeHost;
       activations: LvActivations;
       hostName: string;
       logger: Logger;
+      /** The global lockspace's locks (--lockspace); undefined without one. */
+      globalLocks: () => LockService | undefined;
     },
-  ) {}
+  ) {
+    this.nameLock = new VgNameLock(parts);
+  }
 
   private get host(): VolumeHost {
     return this.parts.host();
@@ -174,32 +182,36 @@ export class VolumeOperations {
 
   async createVg(input: CreateVgInput): Promise<VgEntry> {
     checkName(input.name, 'VG');
-    if (this.host.list().some((entry) => entry.vg.name === input.name)) {
-      throw new TandemError('VG_EXISTS', `a VG named ${input.name} exists`);
-    }
-    const handles = await this.freePvHandles(input.pvPaths);
-    const extentSizeBytes = input.extentSizeBytes ?? extentSizeBytesDefault;
-    const maxHosts = input.maxHosts ?? maxHostsDefault;
-    const ioTimeoutMs = input.ioTimeoutMs ?? ioTimeoutMsDefault;
-    const claim = await this.claim(handles, ioTimeoutMs, `vg create ${input.name}`);
-    try {
-      return await this.createClaimedVg(input, handles, claim, {
-        extentSizeBytes,
-        maxHosts,
-        ioTimeoutMs,
-      });
-    } catch (error) {
-      await releaseClaims(handles, claim.nonce, this.parts.logger);
-      throw error;
-    }
+    checkVgNameFree(this.host.list(), input.name);
+    // The name lock is released once the VG is on its PVs, before the join (2 T or more).
+    const handles = await this.nameLock.hold(`vg create ${input.name}`, async () => {
+      checkVgNameFree(this.host.list(), input.name);
+      const free = await this.freePvHandles(input.pvPaths);
+      const extentSizeBytes = input.extentSizeBytes ?? extentSizeBytesDefault;
+      const maxHosts = input.maxHosts ?? maxHostsDefault;
+      const ioTimeoutMs = input.ioTimeoutMs ?? ioTimeoutMsDefault;
+      const claim = await this.claim(free, ioTimeoutMs, `vg create ${input.name}`);
+      try {
+        await this.createClaimedVg(input, free, claim, { extentSizeBytes, maxHosts, ioTimeoutMs });
+      } catch (error) {
+        await releaseClaims(free, claim.nonce, this.parts.logger);
+        throw error;
+      }
+      return free;
+    });
+    const entry = await this.host.openVg(handles);
+    await entry.joining;
+    await this.host.committed(entry);
+    return entry;
   }
 
+  /** Formats the lockspace and commits the new VG's metadata on the claimed PVs. */
   private async createClaimedVg(
     input: CreateVgInput,
     handles: PvHandle[],
     claim: PvClaim,
     settings: { extentSizeBytes: number; maxHosts: number; ioTimeoutMs: number },
-  ): Promise<VgEntry> {
+  ): Promise<void> {
     const { extentSizeBytes, maxHosts, ioTimeoutMs } = settings;
     const maxLvs = input.maxLvs ?? maxLvsDefault;
     const sectorBytes = Math.max(...handles.map((handle) => handle.device.logicalSectorSizeBytes));
@@ -239,10 +251,6 @@ export class VolumeOperations {
       uuid: metadata.uuid,
       pvCount: handles.length,
     });
-    const entry = await this.host.openVg(handles);
-    await entry.joining;
-    await this.host.committed(entry);
-    return entry;
   }
 
   async extendVg(name: string, pvPaths: readonly string[]): Promise<VgEntry> {
@@ -288,20 +296,22 @@ export class VolumeOperations {
 
   async renameVg(name: string, newName: string): Promise<VgEntry> {
     checkName(newName, 'VG');
-    const entry = this.host.byName(name);
-    if (this.host.list().some((other) => other.vg.name === newName)) {
-      throw new TandemError('VG_EXISTS', `a VG named ${newName} exists`);
-    }
-    const locks = this.host.locksOf(entry);
-    await this.change(entry, {
-      description: `vg rename ${name} ${newName}`,
-      apply: async (current) => {
-        // Export names carry the VG name: an active LV would keep serving under the old one.
-        await refuseActiveLvs(locks, name, 'renaming it');
-        return operations.renameVg(current, newName, this.context());
-      },
+    this.host.byName(name);
+    checkVgNameFree(this.host.list(), newName);
+    return this.nameLock.hold(`vg rename ${name} ${newName}`, async () => {
+      const entry = this.host.byName(name);
+      checkVgNameFree(this.host.list(), newName);
+      const locks = this.host.locksOf(entry);
+      await this.change(entry, {
+        description: `vg rename ${name} ${newName}`,
+        apply: async (current) => {
+          // Export names carry the VG name: an active LV would keep serving under the old one.
+          await refuseActiveLvs(locks, name, 'renaming it');
+          return operations.renameVg(current, newName, this.context());
+        },
+      });
+      return entry;
     });
-    return entry;
   }
 
   /**
