@@ -28,6 +28,9 @@ import type { SlotIo, SlotObservation } from './slot-io.js';
 /** Writes whose outcome we do not know, remembered to recognise our own slot (a named limit). */
 export const uncertainWritesMax = 32;
 
+/** Why a slot is written: a join may not begin or end during a lockspace move. */
+export type SlotWritePurpose = 'join' | 'renew';
+
 export interface LocalIdentity {
   readonly hostName: string;
   readonly address: string;
@@ -80,11 +83,12 @@ export interface DeltaLeaseDeps {
   readonly random: Random;
   readonly logger: Logger;
   /**
-   * Runs right before every slot write is prepared (join, renewal, leave) and says where this
-   * host stands in a move of the lockspace; it may switch the device to another copy first, and
-   * a rejection fails that write (movable-device.ts). Absent: the lockspace never moves.
+   * Runs right before every slot write is prepared (a join's claim, renewal, leave), and once
+   * more when a join's claim has settled, before the join counts; says where this host stands
+   * in a move of the lockspace. It may switch the device to another copy first, and a rejection
+   * fails that write, or that join (movable-device.ts). Absent: the lockspace never moves.
    */
-  readonly beforeSlotWrite?: () => Promise<SlotMoveAck>;
+  readonly beforeSlotWrite?: (purpose: SlotWritePurpose) => Promise<SlotMoveAck>;
 }
 
 interface RewriteRequest {
@@ -208,7 +212,7 @@ export class DeltaLease {
     assert(previous.kind === 'free' || previous.kind === 'held', 'a corrupt slot is never claimed');
     const { io, clock, timings } = this.deps;
     const generation = previous.kind === 'held' ? previous.generation + 1 : 1;
-    const moveAck = await this.beforeSlotWrite();
+    const moveAck = await this.beforeSlotWrite('join');
     const record: HostSlotRecord = {
       hostId,
       left: false,
@@ -231,8 +235,33 @@ export class DeltaLease {
     if (check.slot.kind !== 'held' || !check.slot.leaseRecord.equals(leaseRecord)) {
       throw busy(hostId, `a racing host wrote it (${describe(check.slot)})`);
     }
+    await this.checkAfterClaim(record);
     this.deps.logger.info('acquired host id', { hostId, generation });
     return { own: new OwnSlot(hostId, generation, Buffer.from(leaseRecord)), writeStartedMs };
+  }
+
+  /**
+   * The move check once more, after the settle: a lockspace move may have begun while the
+   * claim was in flight, after the check before it (a mover that looked at the slots before
+   * the claim landed did not wait for us). A join that meets one gives its slot back (left)
+   * and fails, so that no host becomes live on a copy without having seen the move mark.
+   */
+  private async checkAfterClaim(record: HostSlotRecord): Promise<void> {
+    try {
+      await this.beforeSlotWrite('join');
+    } catch (error) {
+      const left = encodeHostSlot(
+        { ...record, left: true, renewalCounter: 2 },
+        this.deps.io.layout.blockSize,
+      );
+      await this.deps.io.writeSlot(record.hostId, left).catch((leaveError: unknown) => {
+        this.deps.logger.warn('giving back a claimed host id failed', {
+          hostId: record.hostId,
+          error: leaveError,
+        });
+      });
+      throw error;
+    }
   }
 
   /**
@@ -270,8 +299,8 @@ export class DeltaLease {
     return dead;
   }
 
-  private beforeSlotWrite(): Promise<SlotMoveAck> {
-    return this.deps.beforeSlotWrite?.() ?? Promise.resolve(noMoveAck);
+  private beforeSlotWrite(purpose: SlotWritePurpose): Promise<SlotMoveAck> {
+    return this.deps.beforeSlotWrite?.(purpose) ?? Promise.resolve(noMoveAck);
   }
 
   /** One renewal: read our slot, check it is still ours, write it with the counter + 1. */
@@ -305,7 +334,7 @@ export class DeltaLease {
     let current: SlotObservation;
     let moveAck: SlotMoveAck;
     try {
-      moveAck = await this.beforeSlotWrite();
+      moveAck = await this.beforeSlotWrite('renew');
       current = await io.readSlot(own.hostId);
     } catch (error) {
       return { kind: 'failed', startedMs, error };

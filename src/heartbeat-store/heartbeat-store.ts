@@ -16,7 +16,13 @@ import type { BlockDevice } from '../disk/block-device.js';
 import type { Clock, Random } from '../clock.js';
 import { TandemError, assert } from '../errors.js';
 import type { Logger } from '../log.js';
-import { DeltaLease, type LocalIdentity, type OwnSlot, type RenewOutcome } from './delta-lease.js';
+import {
+  DeltaLease,
+  type LocalIdentity,
+  type OwnSlot,
+  type RenewOutcome,
+  type SlotWritePurpose,
+} from './delta-lease.js';
 import { type LockspaceLayout, readLockspaceHeader } from './layout.js';
 import { LocalStateMachine } from './local-state.js';
 import { LockspaceObserver } from './lockspace-observer.js';
@@ -54,7 +60,7 @@ export interface HeartbeatStoreDeps {
   readonly logger: Logger;
   readonly prober?: PeerProber;
   /** See DeltaLeaseDeps.beforeSlotWrite: the hook of a lockspace that can move. */
-  readonly beforeSlotWrite?: () => Promise<SlotMoveAck>;
+  readonly beforeSlotWrite?: (purpose: SlotWritePurpose) => Promise<SlotMoveAck>;
 }
 
 function invalid(message: string): TandemError {

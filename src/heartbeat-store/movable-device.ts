@@ -11,9 +11,13 @@
  *                                  reads stay on OLD
  *   moving(E) --mark forwarded E--> single(NEW)         (the move's commit point)
  *   moving(E) --mark aborted E, or the mover is dead and OLD is not forwarded--> single(OLD)
- *   single(OLD) --mark forwarded E, never having been moving--> refuse: this host missed the move
- *                                  (it opened the VG before the move and joins only now), so it
- *                                  must open the lockspace again from the VG's metadata
+ *   single(OLD) --mark forwarded E, never having been moving--> stale: this host missed the move
+ *                                  (it opened the VG before the move and joins only now); every
+ *                                  write is refused (LOCKSPACE_MOVED): open the lockspace again
+ *
+ * A join neither begins nor ends during a move: the check before its claim and the one after
+ * the claim settled refuse it (LOCKSPACE_MOVING), so every live host either was live when the
+ * mover looked at the slots (and said `ready`) or saw the mark itself.
  *
  * The slot write says where this host stands (`moveAck`): `ready` for E once it is moving and
  * every other write it had in flight has completed, `done` once it left E. The mover copies
@@ -43,6 +47,7 @@ import {
   alignmentBytes,
   writeLockspaceMoveMark,
 } from './layout.js';
+import type { SlotWritePurpose } from './delta-lease.js';
 import { type SlotMoveAck, noMoveAck } from './slot-format.js';
 import type { HostInstance } from './types.js';
 
@@ -91,6 +96,8 @@ export class MovableLockspaceDevice implements BlockDevice {
   private drained = true;
   private locating: { epoch: number; result: BlockDevice | undefined; failed: boolean } | undefined;
   private liveness: ((owner: HostInstance) => 'alive' | 'dead') | undefined;
+  /** Set when this host finds the copy it uses forwarded by a move it missed: no more writes. */
+  private staleReason: string | undefined;
 
   constructor(private readonly options: MovableDeviceOptions) {
     this.state = { kind: 'single', device: options.device };
@@ -133,7 +140,8 @@ export class MovableLockspaceDevice implements BlockDevice {
    * returns what the slot write about to be prepared must say. Rejects when this host must not
    * write its slot: the header cannot be read, or the lockspace moved without this host.
    */
-  async beforeSlotWrite(): Promise<SlotMoveAck> {
+  async beforeSlotWrite(purpose: SlotWritePurpose): Promise<SlotMoveAck> {
+    if (this.staleReason !== undefined) throw this.staleError();
     const copy = this.current;
     const block = Buffer.alloc(alignmentBytes);
     const outcome = await bounded(
@@ -145,9 +153,33 @@ export class MovableLockspaceDevice implements BlockDevice {
     if (!outcome.ok) throw outcome.error;
     const { layout, mark } = decodeHeaderRecord(block, copy.description);
     this.layout ??= layout;
+    if (purpose === 'join') this.checkJoin(mark);
     // The delta lease never runs two slot writes (nor two of these) at once.
     await this.follow(mark, layout);
     return this.moveAck();
+  }
+
+  /**
+   * A join neither begins nor ends during a move (it is checked before the claim and again after
+   * it settled): a joiner that becomes live while the mover is not waiting for it could take
+   * leases on a copy that is being left.
+   */
+  private checkJoin(mark: LockspaceMoveMark): void {
+    const moving =
+      this.state.kind === 'moving' ||
+      (mark.state === 'moving' && mark.epoch !== this.resolvedEpoch && !this.moverDead(mark));
+    if (!moving) return;
+    throw new TandemError(
+      'LOCKSPACE_MOVING',
+      `the lockspace is being moved to other extents (move ${mark.epoch}); joining waits until the move ends`,
+    );
+  }
+
+  private staleError(): TandemError {
+    return new TandemError(
+      'LOCKSPACE_MOVED',
+      `${this.current.description}: ${this.staleReason ?? ''}; open the lockspace again from the VG's metadata`,
+    );
   }
 
   /**
@@ -186,10 +218,12 @@ export class MovableLockspaceDevice implements BlockDevice {
       return;
     }
     if (mark.state === 'forwarded') {
-      throw new TandemError(
-        'LOCKSPACE_MOVED',
-        `${state.device.description}: the lockspace moved to other extents (move ${mark.epoch}) while this host was not using it; open it again from the VG's metadata`,
-      );
+      // This host missed the move: from now on it writes nothing here, not even a lease.
+      this.staleReason = `the lockspace moved to other extents (move ${mark.epoch}) while this host was not using it`;
+      this.options.logger.error('the lockspace moved without this host: no more writes to it', {
+        epoch: mark.epoch,
+      });
+      throw this.staleError();
     }
     if (this.moverDead(mark)) {
       this.options.logger.warn('a lockspace move whose mover is dead stays on the old copy', {
@@ -294,6 +328,7 @@ export class MovableLockspaceDevice implements BlockDevice {
   /** A write outside the slots: counted, so that entering a move can wait for it. */
   private async otherWrite(run: (device: BlockDevice) => Promise<void>): Promise<void> {
     const state = this.state;
+    if (this.staleReason !== undefined) throw this.staleError();
     if (state.kind === 'moving') return this.refuse('a lease write');
     this.otherWritesInFlight++;
     try {
@@ -340,6 +375,7 @@ export class MovableLockspaceDevice implements BlockDevice {
     if (!this.isSlotRange(offsetBytes, buffer.length)) {
       return this.otherWrite((device) => device.write(buffer, offsetBytes, options));
     }
+    if (this.staleReason !== undefined) throw this.staleError();
     if (state.kind === 'single') return state.device.write(buffer, offsetBytes, options);
     // Old first, then new: the copy rule at the top of this file depends on this order.
     await state.old.write(buffer, offsetBytes, options);

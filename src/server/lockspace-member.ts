@@ -127,7 +127,8 @@ export class LockspaceMember {
           random: options.random ?? systemRandom,
           logger,
           prober,
-          beforeSlotWrite: movable === undefined ? undefined : () => movable.beforeSlotWrite(),
+          beforeSlotWrite:
+            movable === undefined ? undefined : (purpose) => movable.beforeSlotWrite(purpose),
         },
       );
       const opened = store;

@@ -144,13 +144,13 @@ describe('MovableLockspaceDevice', () => {
   it('enters a move at a slot write once the new copy is open, and refuses lease writes in it', async () => {
     const { old, next, layout } = await newLockspace();
     const { device, located } = movable(old, next, { moverDead: false });
-    assert.deepEqual(await device.beforeSlotWrite(), { epoch: 0, phase: 'none' });
+    assert.deepEqual(await device.beforeSlotWrite('renew'), { epoch: 0, phase: 'none' });
     await writeLockspaceMoveMark(old, layout, moveMark('moving'));
     // The first slot write only starts opening the new copy; the host is not in the move yet.
-    assert.deepEqual(await device.beforeSlotWrite(), { epoch: 0, phase: 'none' });
+    assert.deepEqual(await device.beforeSlotWrite('renew'), { epoch: 0, phase: 'none' });
     await tick();
     assert.deepEqual(located, [7]);
-    assert.deepEqual(await device.beforeSlotWrite(), { epoch: 7, phase: 'ready' });
+    assert.deepEqual(await device.beforeSlotWrite('renew'), { epoch: 7, phase: 'ready' });
     // A slot write reaches both copies; a ballot write (outside the slots) is refused.
     const slot = encodeHostSlot(slotRecord(3, 5), layout.blockSize);
     await device.write(slot, hostSlotOffset(layout, 3), { fua: true });
@@ -176,15 +176,15 @@ describe('MovableLockspaceDevice', () => {
           })
         : old.write(buffer, offset);
     const { device } = movable(slow, next, { moverDead: false });
-    await device.beforeSlotWrite();
+    await device.beforeSlotWrite('renew');
     const ballot = device.write(Buffer.alloc(512, 1), layout.resourcesOffset);
     await writeLockspaceMoveMark(old, layout, moveMark('moving'));
-    await device.beforeSlotWrite();
+    await device.beforeSlotWrite('renew');
     await tick();
-    assert.deepEqual(await device.beforeSlotWrite(), { epoch: 7, phase: 'none' });
+    assert.deepEqual(await device.beforeSlotWrite('renew'), { epoch: 7, phase: 'none' });
     release();
     await ballot;
-    assert.deepEqual(await device.beforeSlotWrite(), { epoch: 7, phase: 'ready' });
+    assert.deepEqual(await device.beforeSlotWrite('renew'), { epoch: 7, phase: 'ready' });
   });
 
   it('switches to the new copy on forwarded and back to the old one on aborted', async () => {
@@ -196,11 +196,11 @@ describe('MovableLockspaceDevice', () => {
       await next.write(encodeHeader(layout), 0);
       const { device } = movable(old, next, { moverDead: false });
       await writeLockspaceMoveMark(old, layout, moveMark('moving'));
-      await device.beforeSlotWrite();
+      await device.beforeSlotWrite('renew');
       await tick();
-      await device.beforeSlotWrite();
+      await device.beforeSlotWrite('renew');
       await writeLockspaceMoveMark(old, layout, moveMark(end));
-      assert.deepEqual(await device.beforeSlotWrite(), { epoch: 7, phase: 'done' });
+      assert.deepEqual(await device.beforeSlotWrite('renew'), { epoch: 7, phase: 'done' });
       assert.equal(device.current, expected === 'next' ? next : old, end);
       assert.equal(device.moving(), undefined);
       // Lease writes pass again, to the copy in use.
@@ -215,14 +215,14 @@ describe('MovableLockspaceDevice', () => {
     const mover = { moverDead: false };
     const { device } = movable(old, next, mover);
     await writeLockspaceMoveMark(old, layout, moveMark('moving'));
-    await device.beforeSlotWrite();
+    await device.beforeSlotWrite('renew');
     await tick();
-    assert.equal((await device.beforeSlotWrite()).phase, 'ready');
+    assert.equal((await device.beforeSlotWrite('renew')).phase, 'ready');
     mover.moverDead = true;
-    assert.deepEqual(await device.beforeSlotWrite(), { epoch: 7, phase: 'done' });
+    assert.deepEqual(await device.beforeSlotWrite('renew'), { epoch: 7, phase: 'done' });
     assert.equal(device.current, old);
     // The mark still says moving: it stays decided, and lease writes go to the old copy.
-    assert.deepEqual(await device.beforeSlotWrite(), { epoch: 7, phase: 'done' });
+    assert.deepEqual(await device.beforeSlotWrite('renew'), { epoch: 7, phase: 'done' });
     await device.write(Buffer.alloc(512, 3), layout.resourcesOffset);
   });
 
@@ -231,7 +231,7 @@ describe('MovableLockspaceDevice', () => {
     const { device } = movable(old, next, { moverDead: false });
     await writeLockspaceMoveMark(old, layout, moveMark('forwarded'));
     await assert.rejects(
-      device.beforeSlotWrite(),
+      device.beforeSlotWrite('renew'),
       (error: unknown) => codeOf(error) === 'LOCKSPACE_MOVED',
     );
     // Opened on the new copy with the move already left: nothing to follow.
@@ -244,7 +244,40 @@ describe('MovableLockspaceDevice', () => {
       logger: silentLogger,
     });
     await next.write(encodeHeader(layout), 0);
-    assert.deepEqual(await fresh.beforeSlotWrite(), { epoch: 7, phase: 'done' });
+    assert.deepEqual(await fresh.beforeSlotWrite('renew'), { epoch: 7, phase: 'done' });
+  });
+
+  it('refuses a join while a move runs, unless its mover is dead', async () => {
+    const { old, next, layout } = await newLockspace();
+    const mover = { moverDead: false };
+    const { device, located } = movable(old, next, mover);
+    assert.deepEqual(await device.beforeSlotWrite('join'), { epoch: 0, phase: 'none' });
+    await writeLockspaceMoveMark(old, layout, moveMark('moving'));
+    await assert.rejects(
+      device.beforeSlotWrite('join'),
+      (error: unknown) =>
+        codeOf(error) === 'LOCKSPACE_MOVING' && /joining waits/.test(String(error)),
+    );
+    assert.deepEqual(located, [], 'a refused join does not enter the move');
+    mover.moverDead = true;
+    assert.deepEqual(await device.beforeSlotWrite('join'), { epoch: 7, phase: 'done' });
+  });
+
+  it('writes nothing more once it finds its copy forwarded by a move it missed', async () => {
+    const { old, next, layout } = await newLockspace();
+    const { device } = movable(old, next, { moverDead: false });
+    await device.beforeSlotWrite('renew');
+    await writeLockspaceMoveMark(old, layout, moveMark('forwarded'));
+    await assert.rejects(
+      device.beforeSlotWrite('renew'),
+      (error: unknown) => codeOf(error) === 'LOCKSPACE_MOVED',
+    );
+    for (const offset of [layout.resourcesOffset, hostSlotOffset(layout, 1)]) {
+      await assert.rejects(
+        device.write(Buffer.alloc(512), offset),
+        (error: unknown) => codeOf(error) === 'LOCKSPACE_MOVED',
+      );
+    }
   });
 
   it('refuses slot writes when the header cannot be read', async () => {
@@ -252,7 +285,7 @@ describe('MovableLockspaceDevice', () => {
     const { device } = movable(old, next, { moverDead: false });
     await old.write(Buffer.alloc(512), 0);
     await assert.rejects(
-      device.beforeSlotWrite(),
+      device.beforeSlotWrite('renew'),
       (error: unknown) => codeOf(error) === 'LOCKSPACE_NOT_FOUND',
     );
   });
