@@ -213,10 +213,11 @@ function allocateTarget(
   } catch (error) {
     if (!isTandemError(error, 'VG_NO_SPACE')) throw error;
     const where = options.targetPvUuids.length > 0 ? 'on the target PVs' : 'on the other PVs';
+    const source = md.pvs.find((pv) => pv.uuid === options.sourcePvUuid);
     throw new TandemError(
       'VG_NO_SPACE',
       `the lockspace LV of VG ${md.name} needs ${extentCount} free extents ${where} to move ` +
-        `off PV ${options.sourcePvUuid}: ${error.message}`,
+        `off ${source?.deviceHint ?? `PV ${options.sourcePvUuid}`}: ${error.message}`,
       { cause: error, details: error.details },
     );
   }

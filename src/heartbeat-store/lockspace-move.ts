@@ -292,9 +292,15 @@ export async function waitForMoveAcks(
     if (pending.length === 0) return;
     if (options.clock.nowMs() - startedMs >= options.timeoutMs) {
       const names = pending.map((host) => `${host.hostName} (host id ${host.hostId}: ${host.why})`);
+      // A host that cannot reach the new place's PVs, or runs a tandem without lockspace moves,
+      // never says ready; one whose I/O stalls says nothing until it is dead.
+      const hint =
+        options.phase === 'ready'
+          ? ' (a host that cannot reach the PVs of the new place, or runs an older tandem, never says ready: see its log)'
+          : '';
       throw new TandemError(
         'FAILED_PRECONDITION',
-        `the lockspace move waited ${options.timeoutMs} ms for hosts to be ${options.phase}: ${names.join(', ')}`,
+        `the lockspace move waited ${options.timeoutMs} ms for hosts to be ${options.phase}: ${names.join(', ')}${hint}`,
       );
     }
     await options.clock.sleep(layout.ioTimeoutMs / 4, options.signal);

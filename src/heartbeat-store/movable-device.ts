@@ -22,7 +22,7 @@
  * The slot write says where this host stands (`moveAck`): `ready` for E once it is moving and
  * every other write it had in flight has completed, `done` once it left E. The mover copies
  * only after every live host said `ready`, and gives the copy that was left to other data only
- * after every host said `done` (lockspace-move-copy.ts).
+ * after every host said `done` (lockspace-move.ts).
  *
  * Why slot writes go to OLD first: the mover copies a slot by reading OLD, writing NEW and
  * reading OLD again, and copies again if it changed. A host's write that lands in NEW after
@@ -98,6 +98,7 @@ export class MovableLockspaceDevice implements BlockDevice {
   private liveness: ((owner: HostInstance) => 'alive' | 'dead') | undefined;
   /** Set when this host finds the copy it uses forwarded by a move it missed: no more writes. */
   private staleReason: string | undefined;
+  private locateFailedEpoch = 0;
 
   constructor(private readonly options: MovableDeviceOptions) {
     this.state = { kind: 'single', device: options.device };
@@ -257,10 +258,13 @@ export class MovableLockspaceDevice implements BlockDevice {
         },
         (error: unknown) => {
           started.failed = true;
-          this.options.logger.warn('cannot open the new copy of a moving lockspace', {
-            epoch: mark.epoch,
-            error,
-          });
+          // Tried again at every slot write: said once per move, then only in debug logs.
+          const firstTime = this.locateFailedEpoch !== mark.epoch;
+          this.locateFailedEpoch = mark.epoch;
+          const message = 'cannot open the new copy of a moving lockspace';
+          const fields = { epoch: mark.epoch, error };
+          if (firstTime) this.options.logger.warn(message, fields);
+          else this.options.logger.debug(message, fields);
         },
       );
       return;

@@ -7,7 +7,7 @@
  *      opens the new place, writes its slot to both copies from then on, makes no other lease
  *      write, and says `ready` in its slot once its other writes in flight completed.
  *   3. Wait until every live host says `ready` (a dead one need not).
- *   4. Copy the old copy to the new one (lockspace-move-copy.ts) and flush it.
+ *   4. Copy the old copy to the new one (heartbeat-store/lockspace-move.ts) and flush it.
  *   5. Commit point: `forwarded E` into the old copy's header, one FUA write, issued only while
  *      this host's own lease is certainly held. Hosts switch to the new copy at their next
  *      slot write and say `done`.
@@ -28,7 +28,7 @@ import {
   finishLockspaceMove,
   lockspaceOnPv,
 } from '../clvm/lockspace-move-plan.js';
-import type { LockspaceMoveRecord } from '../clvm/types.js';
+import type { LockspaceMoveRecord, VgMetadata } from '../clvm/types.js';
 import { systemClock } from '../clock.js';
 import type { HeartbeatStore } from '../heartbeat-store/index.js';
 import { type LockspaceMoveMark, readLockspaceHeaderRecord } from '../heartbeat-store/layout.js';
@@ -95,6 +95,30 @@ export class LockspaceMover {
     await this.move(entry, request, onProgress, signal);
   }
 
+  /**
+   * Refuses, before pv move commits anything, a lockspace move that could not begin (no room on
+   * the targets, say): the same pure step as the real begin, on the metadata as it is now.
+   */
+  checkCanBegin(entry: VgEntry, request: LockspaceMoveRequest): void {
+    const metadata = entry.vg.metadata;
+    if (metadata.lockspaceMove !== undefined) return;
+    if (!lockspaceOnPv(metadata, request.sourcePvUuid)) return;
+    this.beginOn(entry, metadata, request);
+  }
+
+  private beginOn(entry: VgEntry, current: VgMetadata, request: LockspaceMoveRequest): VgMetadata {
+    const { store } = this.membership(entry);
+    return beginLockspaceMove(
+      current,
+      {
+        ...request,
+        missingPvUuids: entry.vg.missingPvUuids(),
+        mover: { ...store.localInstance(), hostName: this.parts.hostName },
+      },
+      this.context(),
+    );
+  }
+
   private membership(entry: VgEntry): Membership {
     const member = entry.member;
     const device = entry.lockspace;
@@ -114,19 +138,9 @@ export class LockspaceMover {
     signal: AbortSignal,
   ): Promise<void> {
     const { store, device } = this.membership(entry);
-    const self = store.localInstance();
     const begun = await this.parts.operations.change(entry, {
       description: 'lockspace move begins',
-      apply: (current) =>
-        beginLockspaceMove(
-          current,
-          {
-            ...request,
-            missingPvUuids: entry.vg.missingPvUuids(),
-            mover: { ...self, hostName: this.parts.hostName },
-          },
-          this.context(),
-        ),
+      apply: (current) => this.beginOn(entry, current, request),
     });
     const record = begun.lockspaceMove;
     if (record === undefined) throw new Error('assertion: a begun lockspace move is recorded');

@@ -237,8 +237,10 @@ export class PvMover {
         `VG ${entry.vg.name} has an unfinished move of another PV (${this.parts.host().pathOf(pending.sourcePvUuid) ?? pending.sourcePvUuid}); run pv move on it first`,
       );
     }
-    // A move refused for its targets (not allocatable, say) leaves the source as it was.
+    // A move refused for its targets (not allocatable, or no room for the lockspace LV) leaves
+    // the source as it was.
     checkMovePvs(entry.vg.metadata, { sourcePvUuid, targetPvUuids });
+    this.lockspaceMover.checkCanBegin(entry, { sourcePvUuid, targetPvUuids });
     const source = entry.vg.metadata.pvs.find((pv) => pv.uuid === sourcePvUuid);
     if (source?.allocatable === true) {
       await this.parts.operations.change(
