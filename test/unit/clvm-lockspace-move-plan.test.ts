@@ -152,7 +152,7 @@ describe('beginLockspaceMove', () => {
     expectCode(
       () => beginLockspaceMove(small, off('pv0'), context),
       'VG_NO_SPACE',
-      /the lockspace LV of VG vg0 needs 2 free extents on the other PVs to move off PV pv0: not enough free space/,
+      /the lockspace LV of VG vg0 needs 2 free extents on the other PVs to move off \/dev\/pv0: not enough free space/,
     );
   });
 
