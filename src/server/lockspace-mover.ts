@@ -115,7 +115,7 @@ export class LockspaceMover {
         missingPvUuids: entry.vg.missingPvUuids(),
         mover: { ...store.localInstance(), hostName: this.parts.hostName },
       },
-      this.context(),
+      this.parts.operations.context(),
     );
   }
 
@@ -211,11 +211,11 @@ export class LockspaceMover {
           if (forwarded) {
             const next = lockspaceDevice(entry.vg, record);
             await this.waitForDone(entry, next, context, epoch).finally(() => next.close());
-            return finishLockspaceMove(current, this.context(), epoch);
+            return finishLockspaceMove(current, this.parts.operations.context(), epoch);
           }
           await writeEndMark(context, old, endMark('aborted', record));
           await this.waitForDone(entry, old, context, epoch);
-          return abortLockspaceMove(current, this.context(), epoch);
+          return abortLockspaceMove(current, this.parts.operations.context(), epoch);
         } finally {
           await old.close();
         }
@@ -268,9 +268,5 @@ export class LockspaceMover {
 
   private moverContext(store: HeartbeatStore, device: MovableLockspaceDevice): MoverContext {
     return { store, device, clock: systemClock, logger: this.parts.logger };
-  }
-
-  private context(): { wallMs: number; updatedBy: string } {
-    return { wallMs: Date.now(), updatedBy: this.parts.hostName };
   }
 }

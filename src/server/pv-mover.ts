@@ -189,7 +189,7 @@ export class PvMover {
         if (planned === undefined) break;
         const next = await this.parts.operations.change(entry, {
           description: `pv move step ${planned.lvExtentStart}+${planned.extentCount}`,
-          apply: (current) => beginMoveStep(current, planned, this.context()),
+          apply: (current) => beginMoveStep(current, planned, this.parts.operations.context()),
         });
         step = next.move;
         if (step === undefined) throw new Error('assertion: a begun move step is recorded');
@@ -245,7 +245,7 @@ export class PvMover {
     if (source?.allocatable === true) {
       await this.parts.operations.change(
         entry,
-        pvAllocatableChange(sourceName, sourcePvUuid, false, () => this.context()),
+        pvAllocatableChange(sourceName, sourcePvUuid, false, () => this.parts.operations.context()),
       );
       this.parts.logger.info('PV marked not allocatable for its move (as pvchange -x n)', {
         vg: entry.vg.name,
@@ -335,7 +335,7 @@ export class PvMover {
       });
       await this.parts.operations.change(entry, {
         description: `pv move step done ${step.lvExtentStart}+${step.extentCount}`,
-        apply: (current) => finishMoveStep(current, this.context()),
+        apply: (current) => finishMoveStep(current, this.parts.operations.context()),
         // Still under the VG lock: the source extents are free in the metadata now, and no
         // host may allocate them before the LV stopped writing there.
         afterCommit: async (committed) => {
@@ -349,7 +349,7 @@ export class PvMover {
         await this.parts.operations
           .change(entry, {
             description: 'pv move step cancelled',
-            apply: (current) => abortMoveStep(current, this.context()),
+            apply: (current) => abortMoveStep(current, this.parts.operations.context()),
           })
           .catch((abortError: unknown) => {
             this.parts.logger.warn(
@@ -363,10 +363,6 @@ export class PvMover {
       // After a failed or cancelled step (a second call after afterCommit does nothing).
       await device.stopMirror();
     }
-  }
-
-  private context(): { wallMs: number; updatedBy: string } {
-    return { wallMs: Date.now(), updatedBy: this.parts.hostName };
   }
 
   private report(

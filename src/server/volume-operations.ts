@@ -88,7 +88,8 @@ export class VolumeOperations {
     });
   }
 
-  private context(): operations.ChangeContext {
+  /** Who makes a change and when: this host, now (pv-mover.ts and lockspace-mover.ts too). */
+  context(): operations.ChangeContext {
     return { wallMs: Date.now(), updatedBy: this.parts.hostName };
   }
 

@@ -15,28 +15,18 @@
  * point, and finish from another host; name a target without room.
  */
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import path from 'node:path';
 import { type TestContext, after, before, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { lockspaceLvName, type VgMetadata } from '../../src/clvm/types.js';
-import { validateVgMetadata } from '../../src/clvm/vg-operations.js';
 import { lvExtentCount } from '../../src/clvm/vg-queries.js';
-import { checkFails, checkOk, readVgOnDisk } from './helpers/clvm.js';
-import {
-  type DaemonHandle,
-  cliBin,
-  makeTemporaryDirectory,
-  runCli,
-  startDaemon,
-  stopAllDaemons,
-} from './helpers/daemon.js';
+import { checkFails, checkOk, makeSharedStorage, validVgOnDisk } from './helpers/clvm.js';
+import { type DaemonHandle, cliBin, startDaemon, stopAllDaemons } from './helpers/daemon.js';
 import {
   type BackgroundProcess,
   CleanupStack,
   type CommandResult,
   describeResult,
-  makeSparseFile,
   missingTools,
   nbdUri,
   parseFioJson,
@@ -80,11 +70,6 @@ async function activeOn(daemon: DaemonHandle): Promise<Record<string, string[]>>
   );
   const { lvs } = JSON.parse(output) as { lvs: Array<{ name: string; active_on: string[] }> };
   return Object.fromEntries(lvs.map((lv) => [lv.name, lv.active_on]));
-}
-
-/** Reads the VG straight from the PV files (not through any daemon) and checks every invariant. */
-async function metadataOnDisk(pvDirectory: string): Promise<VgMetadata> {
-  return validateVgMetadata((await readVgOnDisk(pvDirectory)).metadata);
 }
 
 /** The PVs (by device hint, the path here) that hold extents of LV `lvName`. */
@@ -245,7 +230,7 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
     const created = (await vgsOf(a)).find((vg) => vg.name === 'vg0');
     assert.ok(created !== undefined, 'a lists the new vg0');
     await waitForJoined(hostNames, created.uuid);
-    assert.deepEqual(pvsHolding(await metadataOnDisk(pvDirectory), lockspaceLvName), [pv(1)]);
+    assert.deepEqual(pvsHolding(await validVgOnDisk(pvDirectory), lockspaceLvName), [pv(1)]);
     for (const name of hostNames) {
       const host = daemon(name);
       checkOk(
@@ -260,26 +245,12 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
   }
 
   before(async () => {
-    directory = makeTemporaryDirectory('tandem-lockspace-move-');
-    cleanup.defer('remove the test directory', () =>
-      fs.rmSync(directory, { recursive: true, force: true }),
+    const storage = await makeSharedStorage(
+      { prefix: 'tandem-lockspace-move-', pvCount: 3, pvSizeBytes },
+      cleanup,
     );
-    pvDirectory = path.join(directory, 'pvs');
-    fs.mkdirSync(pvDirectory);
-    for (const index of [1, 2, 3]) makeSparseFile(pv(index), pvSizeBytes);
-    // A shared global lockspace, so that a new VG is pushed to every host at once.
-    checkOk(
-      await runCli([
-        'lockspace',
-        'init',
-        path.join(directory, 'global.img'),
-        '--max-hosts',
-        '8',
-        '--profile',
-        'fast',
-      ]),
-      'lockspace init',
-    );
+    directory = storage.directory;
+    pvDirectory = storage.pvDirectory;
     await Promise.all(hostNames.map((name) => startHost(name)));
   });
 
@@ -340,7 +311,7 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
       );
     }
 
-    const metadata = await metadataOnDisk(pvDirectory);
+    const metadata = await validVgOnDisk(pvDirectory);
     assert.equal(metadata.lockspaceMove, undefined, 'no lockspace move recorded');
     assert.equal(metadata.move, undefined, 'no pv move step recorded');
     const holders = pvsHolding(metadata, lockspaceLvName);
@@ -350,7 +321,7 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
     );
 
     checkOk(await a.runCli(['vg', 'reduce', 'vg0', pv(1)]), 'vg reduce');
-    const reduced = await metadataOnDisk(pvDirectory);
+    const reduced = await validVgOnDisk(pvDirectory);
     assert.ok(!reduced.pvs.some((candidate) => candidate.deviceHint === pv(1)), 'pv1 left vg0');
 
     // The leases work in the new place: every host sees every LV where it is, a conflicting
@@ -441,7 +412,7 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
       `a ${committed.length > 0 ? 'passed' : 'did not reach'} the commit point before the kill`,
     );
     // Killed before M2: the record stays, the lockspace LV still maps pv1.
-    const interrupted = await metadataOnDisk(pvDirectory);
+    const interrupted = await validVgOnDisk(pvDirectory);
     const record = interrupted.lockspaceMove;
     assert.ok(record !== undefined, 'the kill came before the move ended: its record is on disk');
     assert.equal(record.moverHostName, 'a');
@@ -503,7 +474,7 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
       'c left the move of a',
     );
 
-    const moved = await metadataOnDisk(pvDirectory);
+    const moved = await validVgOnDisk(pvDirectory);
     assert.equal(moved.lockspaceMove, undefined, 'no lockspace move recorded');
     assert.equal(moved.move, undefined, 'no pv move step recorded');
     const holders = pvsHolding(moved, lockspaceLvName);
@@ -549,7 +520,7 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
     const a = daemon('a');
     const b = daemon('b');
     // Leave pv2 one extent short of the lockspace LV.
-    const initial = await metadataOnDisk(pvDirectory);
+    const initial = await validVgOnDisk(pvDirectory);
     const needed = lvExtentCount(lockspaceLv(initial));
     const { pvs } = JSON.parse(checkOk(await a.runCli(['pv', 'list', '--json']), 'pv list')) as {
       pvs: Array<{ path: string; freeExtentCount: number }>;
@@ -560,7 +531,7 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
       await a.runCli(['lv', 'create', '-n', 'fill', '-L', `${fillMebibytes}M`, 'vg0', pv(2)]),
       'lv create fill',
     );
-    const before = await metadataOnDisk(pvDirectory);
+    const before = await validVgOnDisk(pvDirectory);
     const offsets = logOffsets();
 
     // The source as its own target: refused before anything is committed.
@@ -569,7 +540,7 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
       /cannot be a target of its own move.*INVALID_ARGUMENT/s,
       'pv move --to the source',
     );
-    assert.equal((await metadataOnDisk(pvDirectory)).seqno, before.seqno, 'nothing committed');
+    assert.equal((await validVgOnDisk(pvDirectory)).seqno, before.seqno, 'nothing committed');
 
     checkFails(
       await a.runCli(['pv', 'move', pv(1), '--to', pv(2)]),
@@ -580,7 +551,7 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
       'pv move --to a PV without room',
     );
     // No move began: no record, no host entered one, the lockspace LV and every LV as before.
-    const after = await metadataOnDisk(pvDirectory);
+    const after = await validVgOnDisk(pvDirectory);
     assert.equal(after.lockspaceMove, undefined, 'no lockspace move recorded');
     assert.equal(after.move, undefined, 'no pv move step recorded');
     assert.deepEqual(after.lvs, before.lvs);
@@ -601,6 +572,6 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
 
     // Without the bad target the same move goes through (to pv3: pv2 is full).
     checkOk(await a.runCli(['pv', 'move', pv(1)]), 'pv move without --to');
-    assert.deepEqual(pvsHolding(await metadataOnDisk(pvDirectory), lockspaceLvName), [pv(3)]);
+    assert.deepEqual(pvsHolding(await validVgOnDisk(pvDirectory), lockspaceLvName), [pv(3)]);
   });
 });

@@ -10,25 +10,19 @@
  * evacuate a PV under fio with verify and remove it.
  */
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import type { VgMetadata } from '../../src/clvm/types.js';
-import { validateVgMetadata } from '../../src/clvm/vg-operations.js';
-import { checkFails, checkOk, readVgOnDisk } from './helpers/clvm.js';
+import { checkFails, checkOk, makeSharedStorage, validVgOnDisk } from './helpers/clvm.js';
 import {
   type CliResult,
   type DaemonHandle,
   cliBin,
-  makeTemporaryDirectory,
-  runCli,
   startDaemon,
   stopAllDaemons,
 } from './helpers/daemon.js';
 import {
   CleanupStack,
   type FioJob,
-  makeSparseFile,
   missingTools,
   nbdUri,
   parseFioJson,
@@ -68,11 +62,6 @@ async function vgsOf(daemon: DaemonHandle): Promise<VgRow[]> {
 async function lvsOf(daemon: DaemonHandle): Promise<LvRow[]> {
   const output = checkOk(await daemon.runCli(['lv', 'list', '--json']), 'lv list');
   return (JSON.parse(output) as { lvs: LvRow[] }).lvs;
-}
-
-/** Reads the VG straight from the PV files (not through any daemon) and checks every invariant. */
-async function metadataOnDisk(pvDirectory: string): Promise<VgMetadata> {
-  return validateVgMetadata((await readVgOnDisk(pvDirectory)).metadata);
 }
 
 async function pvAllocatable(daemon: DaemonHandle, pvPath: string): Promise<unknown> {
@@ -166,25 +155,12 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
   }
 
   before(async () => {
-    directory = makeTemporaryDirectory('tandem-clvm-');
-    cleanup.defer('remove the test directory', () =>
-      fs.rmSync(directory, { recursive: true, force: true }),
+    const storage = await makeSharedStorage(
+      { prefix: 'tandem-clvm-', pvCount: 3, pvSizeBytes },
+      cleanup,
     );
-    pvDirectory = path.join(directory, 'pvs');
-    fs.mkdirSync(pvDirectory);
-    for (const index of [1, 2, 3]) makeSparseFile(pv(index), pvSizeBytes);
-    checkOk(
-      await runCli([
-        'lockspace',
-        'init',
-        path.join(directory, 'global.img'),
-        '--max-hosts',
-        '8',
-        '--profile',
-        'fast',
-      ]),
-      'lockspace init',
-    );
+    directory = storage.directory;
+    pvDirectory = storage.pvDirectory;
     await Promise.all(['a', 'b', 'c'].map((name) => startHost(name)));
   });
 
@@ -247,7 +223,7 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
       ),
     );
     for (const result of await Promise.all(creates)) checkOk(result, 'concurrent lv create');
-    const metadata = await metadataOnDisk(pvDirectory);
+    const metadata = await validVgOnDisk(pvDirectory);
     const names = metadata.lvs.filter((lv) => !lv.hidden).map((lv) => lv.name);
     for (const name of ['a', 'b', 'c']) {
       for (const index of [0, 1, 2])
@@ -359,7 +335,7 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
       await daemon('b').runCli(['lv', 'create', '-n', 'after-kill', '-L', '4M', 'vg0']),
       'lv create after kill',
     );
-    const metadata = await metadataOnDisk(pvDirectory);
+    const metadata = await validVgOnDisk(pvDirectory);
     assert.ok(metadata.lvs.some((lv) => lv.name === 'after-kill'));
     await startHost('c');
     await waitForJoined(['c']);
@@ -371,7 +347,7 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
     const first = lvs.find((lv) => lv.name === 'first');
     assert.ok(first !== undefined);
     // Evacuate a PV that holds part of vg0/first but not the lockspace LV.
-    const metadata = await metadataOnDisk(pvDirectory);
+    const metadata = await validVgOnDisk(pvDirectory);
     const lockspacePvs = new Set(
       metadata.lvs
         .filter((lv) => lv.hidden)
@@ -405,11 +381,11 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
     assert.equal(parseFioJson(fio.stdout())[0]?.error, 0);
     await checkSourceNotAllocatable(a, daemon('b'), source.deviceHint);
     checkOk(await a.runCli(['vg', 'reduce', 'vg0', source.deviceHint]), 'vg reduce');
-    const after = await metadataOnDisk(pvDirectory);
+    const after = await validVgOnDisk(pvDirectory);
     assert.ok(!after.pvs.some((candidate) => candidate.uuid === source.uuid), 'the PV left the VG');
   });
   test('pv move killed mid-way (kill -9) resumes after a restart and loses nothing', async () => {
-    const before = await metadataOnDisk(pvDirectory);
+    const before = await validVgOnDisk(pvDirectory);
     const lockspacePvs = new Set(
       before.lvs
         .filter((lv) => lv.hidden)
@@ -460,7 +436,7 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
     a.process.kill('SIGKILL');
     await move.waitForExit(30_000);
     daemons.delete('a');
-    const interrupted = await metadataOnDisk(pvDirectory);
+    const interrupted = await validVgOnDisk(pvDirectory);
     const left = interrupted.lvs
       .flatMap((lv) => lv.segments)
       .filter((segment) => segment.areas.some((area) => area.pvUuid === source.uuid)).length;
@@ -485,7 +461,7 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
       { timeoutMs: 20_000, intervalMs: 500, description: 'pv move after the restart' },
     );
     checkOk(again ?? { code: 1, stdout: '', stderr: 'no run' }, 'pv move again');
-    const moved = await metadataOnDisk(pvDirectory);
+    const moved = await validVgOnDisk(pvDirectory);
     assert.equal(moved.move, undefined, 'no step left recorded');
     // Marked before the kill; the resumed move found it so and committed nothing for it.
     assert.equal(moved.pvs.find((candidate) => candidate.uuid === source.uuid)?.allocatable, false);

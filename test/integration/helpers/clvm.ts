@@ -1,13 +1,57 @@
 /**
- * What the clustered-VG integration tests share: CLI result checks, and reading a VG straight
- * from its PV files (not through any daemon) to check what is really on disk.
+ * What the clustered-VG integration tests share: CLI result checks, the shared storage of a
+ * several-daemon cluster, and reading a VG straight from its PV files (not through any daemon)
+ * to check what is really on disk.
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { type VgRead, readVgMetadata, scanDevices } from '../../../src/clvm/metadata-store.js';
+import type { VgMetadata } from '../../../src/clvm/types.js';
+import { validateVgMetadata } from '../../../src/clvm/vg-operations.js';
 import { openFileDevice } from '../../../src/disk/file-device.js';
-import type { CliResult } from './daemon.js';
+import { type CliResult, makeTemporaryDirectory, runCli } from './daemon.js';
+import { type CleanupStack, makeSparseFile } from './tools.js';
+
+/** The storage every daemon of a test cluster shares (see makeSharedStorage). */
+export interface SharedStorage {
+  readonly directory: string;
+  /** Every daemon scans it (`--vg-dir`). */
+  readonly pvDirectory: string;
+  /** The global lockspace every daemon joins (`--lockspace`), so that a new VG is pushed at once. */
+  readonly globalLockspace: string;
+  /** The path of PV file `index` (1-based). */
+  pv(index: number): string;
+}
+
+/**
+ * A temporary directory, removed by `cleanup`, with `pvCount` sparse PV files pvs/pvN.img and a
+ * global lockspace (fast profile, 8 hosts).
+ */
+export async function makeSharedStorage(
+  options: { readonly prefix: string; readonly pvCount: number; readonly pvSizeBytes: number },
+  cleanup: CleanupStack,
+): Promise<SharedStorage> {
+  const directory = makeTemporaryDirectory(options.prefix);
+  cleanup.defer('remove the test directory', () =>
+    fs.rmSync(directory, { recursive: true, force: true }),
+  );
+  const pvDirectory = path.join(directory, 'pvs');
+  fs.mkdirSync(pvDirectory);
+  const pv = (index: number): string => path.join(pvDirectory, `pv${index}.img`);
+  for (let index = 1; index <= options.pvCount; index++) {
+    makeSparseFile(pv(index), options.pvSizeBytes);
+  }
+  const globalLockspace = path.join(directory, 'global.img');
+  const init = ['lockspace', 'init', globalLockspace, '--max-hosts', '8', '--profile', 'fast'];
+  checkOk(await runCli(init), 'lockspace init');
+  return { directory, pvDirectory, globalLockspace, pv };
+}
+
+/** Reads the VG straight from the PV files (not through any daemon) and checks every invariant. */
+export async function validVgOnDisk(pvDirectory: string): Promise<VgMetadata> {
+  return validateVgMetadata((await readVgOnDisk(pvDirectory)).metadata);
+}
 
 /** Asserts the CLI succeeded; returns its stdout. */
 export function checkOk(result: CliResult, what: string): string {
