@@ -29,6 +29,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "nbd_receiver.h"
+
 #define CHECK(call)                                                                                \
   do {                                                                                             \
     if ((call) != napi_ok) {                                                                       \
@@ -615,6 +617,7 @@ static napi_value init(napi_env env, napi_value exports) {
   set_number(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE);
   set_number(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE);
   set_number(env, exports, "BATCH_MAXIMUM_OPERATIONS", BATCH_MAXIMUM_OPERATIONS);
+  nbd_receiver_register(env, exports);
   return exports;
 }
 

@@ -526,6 +526,25 @@ export class FileDevice implements BlockDevice {
   }
 
   /** Waits for requests in flight, so the descriptor is never reused under them. */
+  /**
+   * Lends the open descriptor to code that writes it outside this object (the NBD receive
+   * thread, src/nbd/native-receiver.ts, which duplicates it). Counts as I/O in flight until
+   * `release`, so close() waits for the borrower. Undefined once closed or when read-only.
+   */
+  borrowDescriptor(): { readonly fd: number; release(): void } | undefined {
+    if (this.closed || this.readOnly) return undefined;
+    this.inFlightCount++;
+    let released = false;
+    return {
+      fd: this.fd,
+      release: () => {
+        if (released) return;
+        released = true;
+        this.endIo();
+      },
+    };
+  }
+
   close(): Promise<void> {
     if (this.closing === undefined) {
       this.closed = true;

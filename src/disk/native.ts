@@ -68,6 +68,28 @@ export interface DiskNative {
    * than fault in fresh zeroed ones. Process-wide; false when not applied (fallback).
    */
   retainFreedHeap(sizeBytes: number): boolean;
+  /** The NBD receive thread (native/nbd_receiver.c, src/nbd/native-receiver.ts); not in the fallback. */
+  readonly nbdReceiver: NbdReceiverNative | undefined;
+}
+
+/** Raw calls of the NBD receive thread; src/nbd/native-receiver.ts gives them meaning. */
+export interface NbdReceiverNative {
+  /**
+   * Starts a thread reading requests from a dup of `socketFd`, writing eligible WRITEs to a dup
+   * of `targetFd`; `settings` is [sizeBytes, alignmentBytes, maximumPayloadBytes,
+   * maximumSkippedPayloadBytes, maximumQueuedEvents, writable, largeWriteBytes,
+   * handBackAfter]. Returns an opaque handle. `leftover` comes with the last batch: bytes the
+   * thread received but did not parse.
+   */
+  start(
+    socketFd: number,
+    targetFd: number,
+    pending: Buffer,
+    settings: Float64Array,
+    onEvents: (events: Float64Array, leftover: Buffer | undefined) => void,
+  ): unknown;
+  /** what: 1 pause (value 1) or resume (0), 2 stop taking writes, 3 stop the thread. */
+  control(handle: unknown, what: number, value: number): void;
 }
 
 /**
@@ -97,6 +119,8 @@ interface NativeAddon {
   submitBatch: SubmitBatch;
   preadNoWait(fd: number, buffer: Buffer, offset: number): number;
   retainFreedHeap(sizeBytes: number): boolean;
+  startReceiver?: NbdReceiverNative['start'];
+  controlReceiver?: NbdReceiverNative['control'];
   BATCH_MAXIMUM_OPERATIONS: number;
   FALLOC_FL_KEEP_SIZE: number;
   FALLOC_FL_PUNCH_HOLE: number;
@@ -175,6 +199,7 @@ export const fallbackDiskNative: DiskNative = {
   batchMaximumOperations: 0,
   preadNoWait: undefined,
   retainFreedHeap: () => false,
+  nbdReceiver: undefined,
 };
 
 function wrapAddon(addon: NativeAddon): DiskNative {
@@ -210,6 +235,10 @@ function wrapAddon(addon: NativeAddon): DiskNative {
     batchMaximumOperations: addon.BATCH_MAXIMUM_OPERATIONS,
     preadNoWait: addon.preadNoWait,
     retainFreedHeap: (sizeBytes) => addon.retainFreedHeap(sizeBytes),
+    nbdReceiver:
+      addon.startReceiver !== undefined && addon.controlReceiver !== undefined
+        ? { start: addon.startReceiver, control: addon.controlReceiver }
+        : undefined,
   };
 }
 

@@ -11,12 +11,27 @@
  * are in flight, or while the socket's send buffer is full, so a fast client cannot make the
  * server buffer without bound. Replies that complete in the same event-loop turn leave in one
  * writev (cork until setImmediate).
+ *
+ * On a writable plain file export, once a client sends large WRITEs, a native thread reads the
+ * transmission phase instead of Node (native-receiver.ts): it writes WRITE payloads to the file
+ * itself and passes every other request here as a parsed header, until small requests
+ * dominate again and it hands the socket back. Validation of those, their execution, flush
+ * barriers and every reply stay in this class; flow control then pauses the thread instead of
+ * the socket.
  */
 import type { Socket } from 'node:net';
+import { getSystemErrorName } from 'node:util';
 import { assert } from '../errors.js';
 import type { Logger } from '../log.js';
 import { ByteQueue } from './byte-queue.js';
 import type { NbdLimits } from './limits.js';
+import {
+  NativeReceiver,
+  type ReceiveThreadPolicy,
+  type ReceivedHeader,
+  type ReceiverEvents,
+  type StopReason,
+} from './native-receiver.js';
 import type { NbdExport } from './nbd-export.js';
 import { Negotiation, type ExportLookup } from './negotiation.js';
 import type { ReplyBufferPool } from './reply-buffers.js';
@@ -46,6 +61,16 @@ interface FlushWaiter {
   readonly run: () => void;
 }
 
+/** 'EIO' for 5; '' for 0 (no error). */
+function errnoName(systemErrno: number): string {
+  if (systemErrno <= 0) return '';
+  try {
+    return getSystemErrorName(-systemErrno);
+  } catch {
+    return `errno ${systemErrno}`;
+  }
+}
+
 export class NbdConnection {
   private state: ConnectionState = 'client-flags';
   private readonly queue = new ByteQueue();
@@ -60,6 +85,12 @@ export class NbdConnection {
 
   private target: NbdExport | undefined;
   private executor: RequestExecutor | undefined;
+  /** The native thread reading the transmission phase, when one took over (see above). */
+  private receiver: NativeReceiver | undefined;
+  /** Whether a thread may take over on this connection's export. */
+  private receiverAllowed = false;
+  /** A thread stopped for the end: Node reads again only when the socket ends (endSocket). */
+  private receiverStoppedForEnd: NativeReceiver | undefined;
   private requestsInFlight = 0;
   private bytesInFlight = 0;
   private writeSequence = 0;
@@ -82,6 +113,8 @@ export class NbdConnection {
     private readonly hooks: ConnectionHooks,
     private readonly logger: Logger,
     private readonly replyBuffers: ReplyBufferPool,
+    /** When a native thread takes over reading (native-receiver.ts); undefined: never. */
+    private readonly receiveThread: ReceiveThreadPolicy | undefined,
   ) {
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -122,6 +155,7 @@ export class NbdConnection {
 
   /** Drops the TCP connection at once (protocol violation, abuse, forced stop). */
   hardDisconnect(reason: string): void {
+    this.receiver?.stop();
     if (this.socket.destroyed) return;
     this.logger.info('dropping connection', { reason });
     this.transition('closed');
@@ -141,6 +175,7 @@ export class NbdConnection {
   }
 
   private onClose(): void {
+    this.receiver?.stop();
     this.transition('closed');
     if (this.handshakeTimer !== undefined) clearTimeout(this.handshakeTimer);
     if (this.closeTimer !== undefined) clearTimeout(this.closeTimer);
@@ -287,18 +322,152 @@ export class NbdConnection {
     );
     this.transition('request-header');
     this.hooks.attached(this, target);
+    this.receiverAllowed =
+      this.receiveThread !== undefined &&
+      !target.readOnly &&
+      NativeReceiver.supports(target.device);
     this.logger.info('client attached', {
       export: target.name,
       structuredReplies: negotiation.structuredReplies,
     });
   }
 
+  /**
+   * Lets a native thread read from here on (the queue, starting with a large WRITE's header,
+   * goes to it); false when none could start, and none will be tried again.
+   */
+  private startReceiver(target: NbdExport, policy: ReceiveThreadPolicy): boolean {
+    const pending = this.queue.take(this.queue.length);
+    this.receiver = NativeReceiver.start(
+      this.socket,
+      target.device,
+      pending,
+      {
+        sizeBytes: target.sizeBytes,
+        alignmentBytes: target.blockSizes.minimumBytes,
+        maximumPayloadBytes: target.blockSizes.maximumBytes,
+        maximumSkippedPayloadBytes: this.limits.maximumSkippedPayloadBytes,
+        maximumQueuedEvents: this.limits.maximumRequestsInFlight,
+        ...policy,
+      },
+      this.receiverEvents(),
+    );
+    if (this.receiver !== undefined) {
+      this.logger.debug('receive thread took over');
+      // Flow control carries over: a connection paused now starts with a paused thread.
+      if (this.readPaused) this.receiver.setPaused(true);
+      return true;
+    }
+    // Not taken over: the bytes go back to be parsed here.
+    this.receiverAllowed = false;
+    this.queue.push(pending);
+    return false;
+  }
+
+  private receiverEvents(): ReceiverEvents {
+    const requestOf = (header: ReceivedHeader): NbdRequest => ({
+      ...header,
+      payload: undefined,
+      writeSequence: 0,
+    });
+    return {
+      request: (header) => {
+        if (this.state !== 'closed') this.acceptRequest(requestOf(header));
+      },
+      written: (header, nbdErrno, systemErrno) =>
+        this.answerNativeWrite(requestOf(header), nbdErrno, systemErrno),
+      skipped: (header) => this.rejectSkippedWrite(requestOf(header)),
+      badMagic: (magic) => {
+        this.logger.warn('bad request magic', { magic });
+        this.hardDisconnect('bad request magic');
+      },
+      oversized: (header) => {
+        this.logger.warn('write payload far over the maximum', { lengthBytes: header.lengthBytes });
+        this.hardDisconnect('oversized write payload');
+      },
+      stopped: (reason, systemErrno, leftover) =>
+        this.onReceiverStopped(reason, systemErrno, leftover),
+    };
+  }
+
+  /** The thread wrote the payload already: only the reply is left. */
+  private answerNativeWrite(request: NbdRequest, nbdErrno: number, systemErrno: number): void {
+    const executor = this.executor;
+    assert(executor !== undefined, 'write before transmission');
+    this.writeSequence += 1;
+    if (nbdErrno === 0) {
+      this.send(executor.encodeSuccess(request));
+      return;
+    }
+    const cause = `write failed: ${errnoName(systemErrno)}`;
+    this.logger.warn('write failed', {
+      offsetBytes: request.offsetBytes,
+      lengthBytes: request.lengthBytes,
+      error: cause,
+    });
+    this.send(executor.encodeError(request, nbdErrno, new Error(cause)));
+  }
+
+  /** A WRITE the thread read past without writing: it failed a check, answered here. */
+  private rejectSkippedWrite(request: NbdRequest): void {
+    const executor = this.executor;
+    assert(executor !== undefined, 'write before transmission');
+    const rejection = (this.state === 'draining' || this.endRequested
+      ? { errno: wire.NBD_ESHUTDOWN, message: 'export is being removed' }
+      : executor.validate(
+          request.type,
+          request.flags,
+          request.offsetBytes,
+          request.lengthBytes,
+        )) ?? { errno: wire.NBD_EIO, message: 'the write was not taken' };
+    this.logger.debug('request rejected', { type: 'WRITE', ...rejection });
+    this.send(executor.encodeError(request, rejection.errno, new Error(rejection.message)));
+  }
+
+  private onReceiverStopped(reason: StopReason, systemErrno: number, leftover: Buffer): void {
+    this.logger.debug('receive thread stopped', { reason, errno: errnoName(systemErrno) });
+    const receiver = this.receiver;
+    this.receiver = undefined;
+    if (this.socket.destroyed) return;
+    if (reason === 'socket-error' || reason === 'no-memory') {
+      this.hardDisconnect(`receive thread: ${reason} ${errnoName(systemErrno)}`);
+      return;
+    }
+    if (reason === 'asked') {
+      // Stopped by maybeEnd: nothing more is parsed; what the client still sends is dropped.
+      this.receiverStoppedForEnd = receiver;
+      this.maybeEnd();
+      return;
+    }
+    // Node reads again and parses what the thread had received first: the next requests
+    // (after a hand-back), or the peer's FIN (end of stream, after DISC, once this side ended).
+    this.queue.push(leftover);
+    this.readPaused = false;
+    receiver?.handBack();
+    this.updateReading();
+    this.pump();
+    this.maybeEnd();
+  }
+
   private readRequestHeader(): boolean {
+    if (this.receiver !== undefined) return false;
     if (this.queue.length < wire.REQUEST_HEADER_BYTES) return false;
     const { buffer, offset } = this.queue.contiguous(wire.REQUEST_HEADER_BYTES);
     if (buffer.readUInt32BE(offset) !== wire.REQUEST_MAGIC) {
       this.logger.warn('bad request magic', { magic: buffer.readUInt32BE(offset) });
       this.hardDisconnect('bad request magic');
+      return false;
+    }
+    const policy = this.receiveThread;
+    if (
+      this.receiverAllowed &&
+      policy !== undefined &&
+      this.state === 'request-header' &&
+      buffer.readUInt16BE(offset + 6) === wire.CMD_WRITE &&
+      buffer.readUInt32BE(offset + 24) >= policy.largeWriteBytes &&
+      this.target !== undefined &&
+      this.startReceiver(this.target, policy)
+    ) {
       return false;
     }
     const request: NbdRequest = {
@@ -312,6 +481,11 @@ export class NbdConnection {
       writeSequence: 0,
     };
     this.queue.consume(wire.REQUEST_HEADER_BYTES);
+    return this.acceptRequest(request);
+  }
+
+  /** Handles one parsed request header; false when parsing should stop for now. */
+  private acceptRequest(request: NbdRequest): boolean {
     if (request.type === wire.CMD_DISC) {
       this.logger.info('client disconnecting');
       this.endRequested = true;
@@ -487,6 +661,11 @@ export class NbdConnection {
       this.sendBlocked ||
       this.requestsInFlight >= this.limits.maximumRequestsInFlight ||
       this.bytesInFlight >= this.limits.maximumBytesInFlight;
+    if (this.receiver !== undefined) {
+      if (overloaded !== this.readPaused) this.receiver.setPaused(overloaded);
+      this.readPaused = overloaded;
+      return;
+    }
     if (overloaded && !this.readPaused) {
       this.readPaused = true;
       this.socket.pause();
@@ -501,6 +680,12 @@ export class NbdConnection {
   private maybeEnd(): void {
     if (!this.endRequested || this.state === 'closed') return;
     if (this.state === 'request-header') this.transition('draining');
+    if (this.receiver !== undefined) {
+      // Every write the thread finished is answered before the end: its events come first.
+      this.receiver.stopWrites();
+      this.receiver.stop();
+      return;
+    }
     if (this.requestsInFlight > 0) return;
     this.transition('closed');
     this.endSocket();
@@ -513,6 +698,7 @@ export class NbdConnection {
    */
   private endSocket(): void {
     this.socket.end();
+    this.receiverStoppedForEnd?.handBack();
     this.socket.resume();
     this.armCloseTimer(this.limits.closeGraceMs);
   }

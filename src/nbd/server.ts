@@ -12,6 +12,7 @@ import { TandemError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { NbdConnection } from './connection.js';
 import { resolveNbdLimits, type NbdLimits } from './limits.js';
+import { defaultReceiveThreadPolicy, type ReceiveThreadPolicy } from './native-receiver.js';
 import { NbdExport, type NbdExportInfo, type NbdExportOptions } from './nbd-export.js';
 import type { ExportLookup } from './negotiation.js';
 import { ReplyBufferPool } from './reply-buffers.js';
@@ -22,6 +23,12 @@ export type { NbdLimits } from './limits.js';
 export interface NbdServerOptions {
   readonly logger: Logger;
   readonly limits?: Partial<NbdLimits>;
+  /**
+   * Let a native thread read the transmission phase of writable file exports and write their
+   * WRITE payloads (native-receiver.ts), taking over and handing back as the policy says.
+   * Default: true, with defaultReceiveThreadPolicy; false keeps every byte in JavaScript.
+   */
+  readonly receiveThread?: boolean | ReceiveThreadPolicy;
 }
 
 export interface ListenAddress {
@@ -41,6 +48,7 @@ export class NbdServer {
   /** READ reply buffers, shared by all connections. */
   private readonly replyBuffers: ReplyBufferPool;
   private closing = false;
+  private readonly receiveThread: ReceiveThreadPolicy | undefined;
 
   private readonly lookup: ExportLookup = {
     find: (name) => {
@@ -53,6 +61,13 @@ export class NbdServer {
   constructor(options: NbdServerOptions) {
     this.logger = options.logger;
     this.limits = resolveNbdLimits(options.limits);
+    const receiveThread = options.receiveThread ?? true;
+    this.receiveThread =
+      receiveThread === true
+        ? defaultReceiveThreadPolicy
+        : receiveThread === false
+          ? undefined
+          : receiveThread;
     this.replyBuffers = new ReplyBufferPool(this.limits.maximumPooledReplyBytes);
     // Write payloads arrive in fresh 64 KiB socket buffers freed soon after: keep their pages.
     loadDiskNative().retainFreedHeap(this.limits.retainedFreedHeapBytes);
@@ -193,6 +208,7 @@ export class NbdServer {
       },
       logger,
       this.replyBuffers,
+      this.receiveThread,
     );
     this.connections.add(connection);
   }

@@ -9,7 +9,11 @@ import assert from 'node:assert/strict';
 import net from 'node:net';
 import { silentLogger } from '../../../src/log.js';
 import type { NbdLimits } from '../../../src/nbd/limits.js';
-import { NbdServer, type NbdExportOptions } from '../../../src/nbd/server.js';
+import {
+  NbdServer,
+  type NbdExportOptions,
+  type NbdServerOptions,
+} from '../../../src/nbd/server.js';
 import * as wire from '../../../src/nbd/wire.js';
 
 export const defaultTimeoutMs = 3000;
@@ -555,10 +559,12 @@ export interface TestServer {
 export async function startServer(
   exports: readonly NbdExportOptions[],
   limits: Partial<NbdLimits> = {},
+  options: Pick<NbdServerOptions, 'receiveThread'> = {},
 ): Promise<TestServer> {
   const server = new NbdServer({
     logger: silentLogger,
     limits: { drainTimeoutMs: 1000, handshakeTimeoutMs: 10_000, ...limits },
+    ...options,
   });
   for (const options of exports) server.addExport(options);
   const address = await server.listen({ host: '127.0.0.1', port: 0 });
