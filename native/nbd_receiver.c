@@ -419,16 +419,20 @@ static void deliver_events(napi_env env, napi_value callback, void *context, voi
     pthread_cond_broadcast(&receiver->changed);
   }
   pthread_mutex_unlock(&receiver->mutex);
-  if (!made) return;
+  if (!made) {
+    /* Out of memory here: the events stay queued; try again on a later turn of the loop. */
+    napi_call_threadsafe_function(receiver->deliver, NULL, napi_tsfn_nonblocking);
+    return;
+  }
   if (napi_create_typedarray(env, napi_float64_array, count * EVENT_FIELDS, array_buffer, 0,
                              &events) != napi_ok) {
     return;
   }
   /* STOPPED is the thread's last event: the stage no longer changes, and what is left in it
      (requests received but not parsed) goes along for the connection to parse. */
-  const double *last = (const double *)raw + (count - 1) * EVENT_FIELDS;
+  const double *last = count == 0 ? NULL : (const double *)raw + (count - 1) * EVENT_FIELDS;
   size_t left = receiver->stage_end - receiver->stage_start;
-  if (count == 0 || last[0] != EVENT_STOPPED || left == 0 ||
+  if (last == NULL || last[0] != EVENT_STOPPED || left == 0 ||
       napi_create_buffer_copy(env, left, receiver->stage + receiver->stage_start, NULL,
                               &leftover) != napi_ok) {
     napi_get_undefined(env, &leftover);

@@ -22,16 +22,10 @@ import type { BlockDevice } from '../disk/block-device.js';
 import { FileDevice } from '../disk/file-device.js';
 import { loadDiskNative, type NbdReceiverNative } from '../disk/native.js';
 import { assert } from '../errors.js';
+import type { NbdRequestHeader } from './request-executor.js';
 
 /** One request header as the thread read it (offsets from 2^53 on are -1, as in wire.ts). */
-export interface ReceivedHeader {
-  readonly flags: number;
-  readonly type: number;
-  readonly handleHigh: number;
-  readonly handleLow: number;
-  readonly offsetBytes: number;
-  readonly lengthBytes: number;
-}
+export type ReceivedHeader = NbdRequestHeader;
 
 export type StopReason =
   | 'asked'

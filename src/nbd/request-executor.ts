@@ -14,14 +14,18 @@ import { BASE_ALLOCATION_CONTEXT_ID } from './negotiation.js';
 import type { ReplyBufferPool } from './reply-buffers.js';
 import * as wire from './wire.js';
 
-/** One request as parsed from the wire. Offsets above 2^53 are already rejected (-1). */
-export interface NbdRequest {
+/** A request header as parsed from the wire. Offsets from 2^53 on are -1 (then rejected). */
+export interface NbdRequestHeader {
   readonly flags: number;
   readonly type: number;
   readonly handleHigh: number;
   readonly handleLow: number;
   readonly offsetBytes: number;
   readonly lengthBytes: number;
+}
+
+/** One request as the connection runs it. */
+export interface NbdRequest extends NbdRequestHeader {
   /**
    * WRITE data as the pieces (views of socket chunks) it arrived in, back to back; complete
    * once the request is dispatched.
