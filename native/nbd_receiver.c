@@ -42,8 +42,6 @@
 #define CMD_WRITE 1
 #define CMD_DISC 2
 #define CMD_FLAG_FUA 1
-#define NBD_EIO 5
-#define NBD_ENOSPC 28
 /* Payloads are received and written in pieces of at most this, so a connection's buffer stays
    small even for 32 MiB writes. */
 #define PIECE_BYTES_MAXIMUM (1024 * 1024)
@@ -250,10 +248,6 @@ static int write_fully(int fd, const uint8_t *data, size_t length, int64_t offse
   return 0;
 }
 
-static double nbd_errno_of(int error) {
-  return error == ENOSPC || error == EDQUOT || error == EFBIG ? NBD_ENOSPC : NBD_EIO;
-}
-
 static uint32_t read_u32(const uint8_t *bytes) {
   return ((uint32_t)bytes[0] << 24) | ((uint32_t)bytes[1] << 16) | ((uint32_t)bytes[2] << 8) |
          bytes[3];
@@ -355,8 +349,8 @@ static int handle_request(receiver_t *receiver) {
     outcome = receive_and_write(receiver, (int64_t)offset, length, (flags & CMD_FLAG_FUA) != 0,
                                 &write_error);
     if (outcome != RECEIVED) return stop_reason_of(outcome);
-    double answer = write_error == 0 ? 0 : nbd_errno_of(write_error);
-    if (!post_event(receiver, EVENT_WRITE_DONE, header, answer, write_error)) {
+    /* Only the errno: the connection maps it as the file device maps its own errors. */
+    if (!post_event(receiver, EVENT_WRITE_DONE, header, 0, write_error)) {
       return STOP_NO_MEMORY;
     }
     receiver->inside_request = false;

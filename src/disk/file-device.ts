@@ -11,6 +11,7 @@
  */
 import fs from 'node:fs';
 import { readFileSync } from 'node:fs';
+import { getSystemErrorName } from 'node:util';
 import { TandemError, systemErrorCode } from '../errors.js';
 import type {
   BlockDevice,
@@ -220,6 +221,24 @@ export async function openFileDevice(
     await closeFd(opened.fd).catch(() => undefined);
     throw error instanceof TandemError ? error : openError(path, error);
   }
+}
+
+/** FileDevice.borrowDescriptor's loan. */
+export interface BorrowedDescriptor {
+  readonly fd: number;
+  release(): void;
+  writeError(systemErrno: number, offsetBytes: number, lengthBytes: number): TandemError;
+}
+
+/** An error shaped like Node's system errors, from a positive errno. */
+function systemError(systemErrno: number): NodeJS.ErrnoException {
+  let code: string;
+  try {
+    code = getSystemErrorName(-systemErrno);
+  } catch {
+    code = `ERRNO${systemErrno}`;
+  }
+  return Object.assign(new Error(code), { code, errno: -systemErrno });
 }
 
 export class FileDevice implements BlockDevice {
@@ -529,9 +548,10 @@ export class FileDevice implements BlockDevice {
   /**
    * Lends the open descriptor to code that writes it outside this object (the NBD receive
    * thread, src/nbd/native-receiver.ts, which duplicates it). Counts as I/O in flight until
-   * `release`, so close() waits for the borrower. Undefined once closed or when read-only.
+   * `release`, so close() waits for the borrower; `writeError` turns the errno of a failed
+   * write into the error write() itself would have given. Undefined once closed or read-only.
    */
-  borrowDescriptor(): { readonly fd: number; release(): void } | undefined {
+  borrowDescriptor(): BorrowedDescriptor | undefined {
     if (this.closed || this.readOnly) return undefined;
     this.inFlightCount++;
     let released = false;
@@ -542,6 +562,8 @@ export class FileDevice implements BlockDevice {
         released = true;
         this.endIo();
       },
+      writeError: (systemErrno, offsetBytes, lengthBytes) =>
+        this.mapError(systemError(systemErrno), 'write', offsetBytes, lengthBytes),
     };
   }
 

@@ -21,7 +21,7 @@
  */
 import type { Socket } from 'node:net';
 import { getSystemErrorName } from 'node:util';
-import { assert } from '../errors.js';
+import { type TandemError, assert } from '../errors.js';
 import type { Logger } from '../log.js';
 import { ByteQueue } from './byte-queue.js';
 import type { NbdLimits } from './limits.js';
@@ -35,7 +35,12 @@ import {
 import type { NbdExport } from './nbd-export.js';
 import { Negotiation, type ExportLookup } from './negotiation.js';
 import type { ReplyBufferPool } from './reply-buffers.js';
-import { RequestExecutor, isWriteCommand, type NbdRequest } from './request-executor.js';
+import {
+  RequestExecutor,
+  isWriteCommand,
+  nbdErrorFromException,
+  type NbdRequest,
+} from './request-executor.js';
 import * as wire from './wire.js';
 
 type ConnectionState =
@@ -374,8 +379,7 @@ export class NbdConnection {
       request: (header) => {
         if (this.state !== 'closed') this.acceptRequest(requestOf(header));
       },
-      written: (header, nbdErrno, systemErrno) =>
-        this.answerNativeWrite(requestOf(header), nbdErrno, systemErrno),
+      written: (header, error) => this.answerNativeWrite(requestOf(header), error),
       skipped: (header) => this.rejectSkippedWrite(requestOf(header)),
       badMagic: (magic) => {
         this.logger.warn('bad request magic', { magic });
@@ -390,22 +394,20 @@ export class NbdConnection {
     };
   }
 
-  /** The thread wrote the payload already: only the reply is left. */
-  private answerNativeWrite(request: NbdRequest, nbdErrno: number, systemErrno: number): void {
+  /**
+   * The thread wrote the payload already: only the reply is left, mapped as every device
+   * error is (nbdErrorFromException).
+   */
+  private answerNativeWrite(request: NbdRequest, error: TandemError | undefined): void {
     const executor = this.executor;
     assert(executor !== undefined, 'write before transmission');
     this.writeSequence += 1;
-    if (nbdErrno === 0) {
+    if (error === undefined) {
       this.send(executor.encodeSuccess(request));
       return;
     }
-    const cause = `write failed: ${errnoName(systemErrno)}`;
-    this.logger.warn('write failed', {
-      offsetBytes: request.offsetBytes,
-      lengthBytes: request.lengthBytes,
-      error: cause,
-    });
-    this.send(executor.encodeError(request, nbdErrno, new Error(cause)));
+    this.logger.warn('write failed', { error });
+    this.send(executor.encodeError(request, nbdErrorFromException(error), error));
   }
 
   /** A WRITE the thread read past without writing: it failed a check, answered here. */

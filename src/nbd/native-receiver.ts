@@ -19,9 +19,9 @@
  */
 import type { Socket } from 'node:net';
 import type { BlockDevice } from '../disk/block-device.js';
-import { FileDevice } from '../disk/file-device.js';
+import { type BorrowedDescriptor, FileDevice } from '../disk/file-device.js';
 import { loadDiskNative, type NbdReceiverNative } from '../disk/native.js';
-import { assert } from '../errors.js';
+import { type TandemError, assert } from '../errors.js';
 import type { NbdRequestHeader } from './request-executor.js';
 
 /** One request header as the thread read it (offsets from 2^53 on are -1, as in wire.ts). */
@@ -39,8 +39,8 @@ export type StopReason =
 export interface ReceiverEvents {
   /** A request other than WRITE (including NBD_CMD_DISC, after which the thread stops). */
   request(header: ReceivedHeader): void;
-  /** The thread wrote a WRITE: `nbdErrno` 0 for success, `systemErrno` the cause otherwise. */
-  written(header: ReceivedHeader, nbdErrno: number, systemErrno: number): void;
+  /** The thread wrote a WRITE: `error` is undefined for success, else the device's error. */
+  written(header: ReceivedHeader, error: TandemError | undefined): void;
   /** A WRITE the thread did not take (it failed a check); its payload was read and dropped. */
   skipped(header: ReceivedHeader): void;
   /** A header with a wrong magic number; the thread stops. */
@@ -116,7 +116,7 @@ export class NativeReceiver {
     private readonly thread: unknown,
     private readonly socket: Socket,
     private readonly handle: StreamHandle,
-    private readonly releaseTarget: () => void,
+    private readonly target: BorrowedDescriptor,
   ) {}
 
   /** Whether a thread could serve `device` at all (the addon is there, a writable file). */
@@ -175,7 +175,7 @@ export class NativeReceiver {
       const started = native.start(handle.fd, target.fd, pending, rawSettings, (raw, leftover) =>
         receiver?.deliver(raw, leftover, events),
       );
-      receiver = new NativeReceiver(native, started, socket, handle, () => target.release());
+      receiver = new NativeReceiver(native, started, socket, handle, target);
       return receiver;
     } catch {
       // No thread (out of descriptors or memory): Node reads again, as if never lent.
@@ -235,7 +235,12 @@ export class NativeReceiver {
           events.request(header);
           break;
         case eventKinds.written:
-          events.written(header, extra, systemErrno);
+          events.written(
+            header,
+            systemErrno === 0
+              ? undefined
+              : this.target.writeError(systemErrno, header.offsetBytes, header.lengthBytes),
+          );
           break;
         case eventKinds.skipped:
           events.skipped(header);
@@ -248,7 +253,7 @@ export class NativeReceiver {
           break;
         case eventKinds.stopped:
           this.ended = true;
-          this.releaseTarget();
+          this.target.release();
           events.stopped(stopReasons[extra] ?? 'asked', systemErrno, leftover ?? Buffer.alloc(0));
           break;
         default:
