@@ -80,7 +80,6 @@ typedef struct {
   uint32_t maximum_payload_bytes;
   uint32_t maximum_skipped_bytes;
   uint32_t maximum_queued_events;
-  bool writable;
   /* A WRITE of at least this is "large"; after hand_back_after other requests in a row the
      thread stops and gives the socket back (0: never). */
   uint32_t large_write_bytes;
@@ -280,7 +279,7 @@ static bool writes_here(receiver_t *receiver, uint16_t flags, double offset, uin
   pthread_mutex_lock(&receiver->mutex);
   bool draining = receiver->draining;
   pthread_mutex_unlock(&receiver->mutex);
-  return !draining && receiver->writable && (flags & ~CMD_FLAG_FUA) == 0 && length > 0 &&
+  return !draining && (flags & ~CMD_FLAG_FUA) == 0 && length > 0 &&
          length <= receiver->maximum_payload_bytes && offset >= 0 &&
          offset + length <= receiver->size_bytes &&
          (uint64_t)offset % receiver->alignment_bytes == 0 &&
@@ -462,7 +461,8 @@ static void finalize_handle(napi_env env, void *data, void *hint) {
 /*
  * startReceiver(socketFd, targetFd, pending: Buffer, settings: Float64Array, onEvents): handle
  * settings: [sizeBytes, alignmentBytes, maximumPayloadBytes, maximumSkippedPayloadBytes,
- * maximumQueuedEvents, writable (0/1), largeWriteBytes, handBackAfter]. Both descriptors are
+ * maximumQueuedEvents, largeWriteBytes, handBackAfter] (the export is writable: the connection
+ * starts no thread on a read-only one). Both descriptors are
  * duplicated; the caller keeps its own. onEvents(events, leftover) gets `leftover` (a Buffer)
  * with the batch that holds STOPPED, when bytes were received but not parsed.
  */
@@ -479,7 +479,7 @@ static napi_value js_start_receiver(napi_env env, napi_callback_info info) {
       napi_get_buffer_info(env, arguments[2], &pending, &pending_length) != napi_ok ||
       napi_get_typedarray_info(env, arguments[3], &settings_type, &settings_length,
                                &settings_data, NULL, NULL) != napi_ok ||
-      settings_type != napi_float64_array || settings_length < 8) {
+      settings_type != napi_float64_array || settings_length < 7) {
     napi_throw_type_error(env, "EINVAL",
                           "startReceiver(socketFd, targetFd, pending, settings, onEvents)");
     return NULL;
@@ -512,9 +512,8 @@ static napi_value js_start_receiver(napi_env env, napi_callback_info info) {
   receiver->maximum_payload_bytes = (uint32_t)settings[2];
   receiver->maximum_skipped_bytes = (uint32_t)settings[3];
   receiver->maximum_queued_events = (uint32_t)settings[4];
-  receiver->writable = settings[5] != 0;
-  receiver->large_write_bytes = (uint32_t)settings[6];
-  receiver->hand_back_after = (uint32_t)settings[7];
+  receiver->large_write_bytes = (uint32_t)settings[5];
+  receiver->hand_back_after = (uint32_t)settings[6];
   receiver->stage_capacity = pending_length > STAGE_BYTES ? pending_length : STAGE_BYTES;
   receiver->stage = malloc(receiver->stage_capacity);
   if (receiver->stage != NULL && pending_length > 0) {

@@ -77,8 +77,7 @@ export interface NbdReceiverNative {
   /**
    * Starts a thread reading requests from a dup of `socketFd`, writing eligible WRITEs to a dup
    * of `targetFd`; `settings` is [sizeBytes, alignmentBytes, maximumPayloadBytes,
-   * maximumSkippedPayloadBytes, maximumQueuedEvents, writable, largeWriteBytes,
-   * handBackAfter]. Returns an opaque handle. `leftover` comes with the last batch: bytes the
+   * maximumSkippedPayloadBytes, maximumQueuedEvents, largeWriteBytes, handBackAfter]. Returns an opaque handle. `leftover` comes with the last batch: bytes the
    * thread received but did not parse.
    */
   start(

@@ -92,8 +92,8 @@ export class NbdConnection {
   private executor: RequestExecutor | undefined;
   /** The native thread reading the transmission phase, when one took over (see above). */
   private receiver: NativeReceiver | undefined;
-  /** Whether a thread may take over on this connection's export. */
-  private receiverAllowed = false;
+  /** The receive thread's policy while one may take over on this connection; else undefined. */
+  private takeOverPolicy: ReceiveThreadPolicy | undefined;
   /** A thread stopped for the end: Node reads again only when the socket ends (endSocket). */
   private receiverStoppedForEnd: NativeReceiver | undefined;
   private requestsInFlight = 0;
@@ -327,10 +327,8 @@ export class NbdConnection {
     );
     this.transition('request-header');
     this.hooks.attached(this, target);
-    this.receiverAllowed =
-      this.receiveThread !== undefined &&
-      !target.readOnly &&
-      NativeReceiver.supports(target.device);
+    this.takeOverPolicy =
+      !target.readOnly && NativeReceiver.supports(target.device) ? this.receiveThread : undefined;
     this.logger.info('client attached', {
       export: target.name,
       structuredReplies: negotiation.structuredReplies,
@@ -364,7 +362,7 @@ export class NbdConnection {
       return true;
     }
     // Not taken over: the bytes go back to be parsed here.
-    this.receiverAllowed = false;
+    this.takeOverPolicy = undefined;
     this.queue.push(pending);
     return false;
   }
@@ -460,9 +458,8 @@ export class NbdConnection {
       this.hardDisconnect('bad request magic');
       return false;
     }
-    const policy = this.receiveThread;
+    const policy = this.takeOverPolicy;
     if (
-      this.receiverAllowed &&
       policy !== undefined &&
       this.state === 'request-header' &&
       buffer.readUInt16BE(offset + 6) === wire.CMD_WRITE &&

@@ -105,6 +105,14 @@ function handleOf(socket: Socket): StreamHandle | undefined {
   return handle === null ? undefined : handle;
 }
 
+/** The addon's receiver calls, when a thread may serve `device`. */
+function nativeFor(device: BlockDevice): NbdReceiverNative | undefined {
+  if (process.env['TANDEM_NBD_RECEIVER'] === '0' || !(device instanceof FileDevice)) {
+    return undefined;
+  }
+  return loadDiskNative().nbdReceiver;
+}
+
 export class NativeReceiver {
   private stopAsked = false;
   private ended = false;
@@ -119,10 +127,9 @@ export class NativeReceiver {
     private readonly target: BorrowedDescriptor,
   ) {}
 
-  /** Whether a thread could serve `device` at all (the addon is there, a writable file). */
+  /** Whether a thread could serve `device` at all (the addon is there, a file). */
   static supports(device: BlockDevice): boolean {
-    if (process.env['TANDEM_NBD_RECEIVER'] === '0') return false;
-    return loadDiskNative().nbdReceiver !== undefined && device instanceof FileDevice;
+    return nativeFor(device) !== undefined;
   }
 
   /**
@@ -138,9 +145,8 @@ export class NativeReceiver {
     settings: ReceiverSettings,
     events: ReceiverEvents,
   ): NativeReceiver | undefined {
-    const native = loadDiskNative().nbdReceiver;
+    const native = nativeFor(device);
     if (native === undefined || !(device instanceof FileDevice)) return undefined;
-    if (!NativeReceiver.supports(device)) return undefined;
     const handle = handleOf(socket);
     if (
       handle === undefined ||
@@ -168,7 +174,6 @@ export class NativeReceiver {
         settings.maximumPayloadBytes,
         settings.maximumSkippedPayloadBytes,
         settings.maximumQueuedEvents,
-        1,
         settings.largeWriteBytes,
         settings.handBackAfter,
       );
