@@ -6,6 +6,8 @@
  * structured `details`, and the standard `cause` chain.
  */
 
+import { getSystemErrorName } from 'node:util';
+
 export type ErrorCode =
   // Disk layer.
   | 'DISK_OUT_OF_RANGE'
@@ -126,6 +128,15 @@ export function isTandemError(error: unknown, code?: ErrorCode): error is Tandem
 export function assert(condition: unknown, message: string): asserts condition {
   if (!condition) {
     throw new Error(`assertion failed: ${message}`);
+  }
+}
+
+/** The name of a positive errno as Node's system errors carry it ('EIO' for 5). */
+export function systemErrnoName(systemErrno: number): string {
+  try {
+    return getSystemErrorName(-systemErrno);
+  } catch {
+    return `ERRNO${systemErrno}`;
   }
 }
 

@@ -11,8 +11,7 @@
  */
 import fs from 'node:fs';
 import { readFileSync } from 'node:fs';
-import { getSystemErrorName } from 'node:util';
-import { TandemError, systemErrorCode } from '../errors.js';
+import { TandemError, systemErrnoName, systemErrorCode } from '../errors.js';
 import type {
   BlockDevice,
   BlockDeviceCapabilities,
@@ -232,12 +231,7 @@ export interface BorrowedDescriptor {
 
 /** An error shaped like Node's system errors, from a positive errno. */
 function systemError(systemErrno: number): NodeJS.ErrnoException {
-  let code: string;
-  try {
-    code = getSystemErrorName(-systemErrno);
-  } catch {
-    code = `ERRNO${systemErrno}`;
-  }
+  const code = systemErrnoName(systemErrno);
   return Object.assign(new Error(code), { code, errno: -systemErrno });
 }
 

@@ -20,8 +20,7 @@
  * the socket.
  */
 import type { Socket } from 'node:net';
-import { getSystemErrorName } from 'node:util';
-import { type TandemError, assert } from '../errors.js';
+import { type TandemError, assert, systemErrnoName } from '../errors.js';
 import type { Logger } from '../log.js';
 import { ByteQueue } from './byte-queue.js';
 import type { NbdLimits } from './limits.js';
@@ -68,12 +67,7 @@ interface FlushWaiter {
 
 /** 'EIO' for 5; '' for 0 (no error). */
 function errnoName(systemErrno: number): string {
-  if (systemErrno <= 0) return '';
-  try {
-    return getSystemErrorName(-systemErrno);
-  } catch {
-    return `errno ${systemErrno}`;
-  }
+  return systemErrno <= 0 ? '' : systemErrnoName(systemErrno);
 }
 
 export class NbdConnection {
