@@ -20,8 +20,15 @@ import { type TestContext, after, before, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { lockspaceLvName, type VgMetadata } from '../../src/clvm/types.js';
 import { lvExtentCount } from '../../src/clvm/vg-queries.js';
-import { checkFails, checkOk, makeSharedStorage, validVgOnDisk } from './helpers/clvm.js';
-import { type DaemonHandle, cliBin, startDaemon, stopAllDaemons } from './helpers/daemon.js';
+import {
+  TestCluster,
+  checkFails,
+  checkOk,
+  makeSharedStorage,
+  validVgOnDisk,
+  vgsOf,
+} from './helpers/clvm.js';
+import { type DaemonHandle, cliBin, stopAllDaemons } from './helpers/daemon.js';
 import {
   type BackgroundProcess,
   CleanupStack,
@@ -47,20 +54,8 @@ const loadSizeBytes = 16 * mebibyte;
 const afterKillSizeBytes = 4 * mebibyte;
 const skip = missingTools(['nbdinfo', 'fio']).length > 0 ? 'needs nbdinfo and fio' : false;
 
-interface VgRow {
-  name: string;
-  uuid: string;
-  seqno: string | number;
-  joined: boolean;
-}
-
 /** A line of a daemon's JSON log. */
 type LogEntry = Record<string, unknown> & { message?: unknown };
-
-async function vgsOf(daemon: DaemonHandle): Promise<VgRow[]> {
-  const output = checkOk(await daemon.runCli(['vg', 'list', '--json']), 'vg list');
-  return (JSON.parse(output) as { vgs: VgRow[] }).vgs;
-}
 
 /** LV name -> the hosts it is active on, as `daemon` sees it. */
 async function activeOn(daemon: DaemonHandle): Promise<Record<string, string[]>> {
@@ -146,41 +141,13 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
   const cleanup = new CleanupStack();
   let directory = '';
   let pvDirectory = '';
-  const daemons = new Map<string, DaemonHandle>();
+  let cluster: TestCluster;
   const pv = (index: number): string => path.join(pvDirectory, `pv${index}.img`);
-
-  function daemon(name: string): DaemonHandle {
-    const found = daemons.get(name);
-    assert.ok(found !== undefined, `daemon ${name} not started`);
-    return found;
-  }
-
-  async function startHost(name: string, dataDir?: string): Promise<DaemonHandle> {
-    const handle = await startDaemon({
-      hostName: name,
-      ...(dataDir === undefined ? {} : { dataDir }),
-      extraArgs: ['--vg-dir', pvDirectory, '--lockspace', path.join(directory, 'global.img')],
-    });
-    daemons.set(name, handle);
-    return handle;
-  }
-
-  /** Waits until each host named has joined the lockspace of vg0 (of this uuid, if given). */
-  async function waitForJoined(names: readonly string[], vgUuid?: string): Promise<void> {
-    for (const name of names) {
-      await waitFor(
-        async () =>
-          (await vgsOf(daemon(name))).some(
-            (vg) => vg.name === 'vg0' && vg.joined && (vgUuid === undefined || vg.uuid === vgUuid),
-          ),
-        { timeoutMs: 20_000, intervalMs: 100, description: `${name} joined vg0` },
-      );
-    }
-  }
+  const daemon = (name: string): DaemonHandle => cluster.daemon(name);
 
   /** Where each host's log ends now: what a step logs is read after it. */
   function logOffsets(): Map<string, number> {
-    return new Map([...daemons].map(([name, handle]) => [name, handle.stderr().length]));
+    return new Map([...cluster.daemons].map(([name, handle]) => [name, handle.stderr().length]));
   }
 
   /** Each host in `names` sees lv-<host> active on <host> and nowhere else, for every host. */
@@ -229,7 +196,7 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
     );
     const created = (await vgsOf(a)).find((vg) => vg.name === 'vg0');
     assert.ok(created !== undefined, 'a lists the new vg0');
-    await waitForJoined(hostNames, created.uuid);
+    await cluster.waitForJoined(hostNames, 'vg0', created.uuid);
     assert.deepEqual(pvsHolding(await validVgOnDisk(pvDirectory), lockspaceLvName), [pv(1)]);
     for (const name of hostNames) {
       const host = daemon(name);
@@ -251,7 +218,8 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
     );
     directory = storage.directory;
     pvDirectory = storage.pvDirectory;
-    await Promise.all(hostNames.map((name) => startHost(name)));
+    cluster = new TestCluster(storage);
+    await Promise.all(hostNames.map((name) => cluster.startHost(name)));
   });
 
   after(async () => {
@@ -353,8 +321,8 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
     // stop deactivates, the restart restores: activation-restore.ts) and takes a new lease.
     const c = daemon('c');
     assert.equal(await c.stop(), 0, 'c stops cleanly');
-    const restarted = await startHost('c', c.dataDir);
-    await waitForJoined(['c']);
+    const restarted = await cluster.startHost('c', c.dataDir);
+    await cluster.waitForJoined(['c'], 'vg0');
     await waitFor(async () => (await activeOn(b))['lv-c']?.[0] === 'c', {
       timeoutMs: 10_000,
       intervalMs: 100,
@@ -397,7 +365,7 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
     });
     a.process.kill('SIGKILL');
     const killedMs = performance.now();
-    daemons.delete('a');
+    cluster.daemons.delete('a');
     assert.notEqual((await move.waitForExit(30_000)).code, 0, 'the pv move on a failed');
     const lastLines = a.stderr().trimEnd().split('\n');
     t.diagnostic(`a's last log line: ${lastLines[lastLines.length - 1]?.slice(0, 200) ?? ''}`);
@@ -493,8 +461,8 @@ describe('pv move of the lockspace PV, three daemons', { skip, timeout: 300_000 
 
     // a comes back with its data dir: it joins the moved lockspace, sees the last commit, and
     // takes its LV's lease again there once its killed instance counts as dead.
-    const restarted = await startHost('a', a.dataDir);
-    await waitForJoined(['a']);
+    const restarted = await cluster.startHost('a', a.dataDir);
+    await cluster.waitForJoined(['a'], 'vg0');
     const seen = (await vgsOf(restarted)).find((vg) => vg.name === 'vg0');
     assert.equal(Number(seen?.seqno), moved.seqno, 'a sees the metadata on disk');
     await waitFor(async () => (await activeOn(b))['lv-a']?.[0] === 'a', {

@@ -12,14 +12,15 @@
 import assert from 'node:assert/strict';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { checkFails, checkOk, makeSharedStorage, validVgOnDisk } from './helpers/clvm.js';
 import {
-  type CliResult,
-  type DaemonHandle,
-  cliBin,
-  startDaemon,
-  stopAllDaemons,
-} from './helpers/daemon.js';
+  TestCluster,
+  checkFails,
+  checkOk,
+  makeSharedStorage,
+  validVgOnDisk,
+  vgsOf,
+} from './helpers/clvm.js';
+import { type CliResult, type DaemonHandle, cliBin, stopAllDaemons } from './helpers/daemon.js';
 import {
   CleanupStack,
   type FioJob,
@@ -37,26 +38,12 @@ const skip = missingTools(['nbdinfo', 'fio']).length > 0 ? 'needs nbdinfo and fi
 /** A change made on one host must be seen on another within this (target: median 100 ms). */
 const seenWithinMs = 3_000;
 
-interface VgRow {
-  name: string;
-  seqno: string | number;
-  joined: boolean;
-  lvCount: number;
-}
 interface LvRow {
   name: string;
   vg: string;
   size_bytes: number;
   active_on: string[];
   segment_details: string[];
-}
-
-async function vgsOf(daemon: DaemonHandle): Promise<VgRow[]> {
-  return (
-    JSON.parse(checkOk(await daemon.runCli(['vg', 'list', '--json']), 'vg list')) as {
-      vgs: VgRow[];
-    }
-  ).vgs;
 }
 
 async function lvsOf(daemon: DaemonHandle): Promise<LvRow[]> {
@@ -123,36 +110,9 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
   const cleanup = new CleanupStack();
   let directory = '';
   let pvDirectory = '';
-  const daemons = new Map<string, DaemonHandle>();
+  let cluster: TestCluster;
   const pv = (index: number): string => path.join(pvDirectory, `pv${index}.img`);
-
-  function daemon(name: string): DaemonHandle {
-    const found = daemons.get(name);
-    assert.ok(found !== undefined, `daemon ${name} not started`);
-    return found;
-  }
-
-  async function startHost(name: string): Promise<DaemonHandle> {
-    const handle = await startDaemon({
-      hostName: name,
-      extraArgs: ['--vg-dir', pvDirectory, '--lockspace', path.join(directory, 'global.img')],
-    });
-    daemons.set(name, handle);
-    return handle;
-  }
-
-  async function waitForJoined(names: readonly string[]): Promise<void> {
-    for (const name of names) {
-      await waitFor(
-        async () => (await vgsOf(daemon(name))).some((vg) => vg.name === 'vg0' && vg.joined),
-        {
-          timeoutMs: 20_000,
-          intervalMs: 100,
-          description: `${name} joined vg0`,
-        },
-      );
-    }
-  }
+  const daemon = (name: string): DaemonHandle => cluster.daemon(name);
 
   before(async () => {
     const storage = await makeSharedStorage(
@@ -161,7 +121,8 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
     );
     directory = storage.directory;
     pvDirectory = storage.pvDirectory;
-    await Promise.all(['a', 'b', 'c'].map((name) => startHost(name)));
+    cluster = new TestCluster(storage);
+    await Promise.all(['a', 'b', 'c'].map((name) => cluster.startHost(name)));
   });
 
   after(async () => {
@@ -187,7 +148,7 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
       ]),
       'vg create',
     );
-    await waitForJoined(['a', 'b', 'c']);
+    await cluster.waitForJoined(['a', 'b', 'c'], 'vg0');
   });
 
   test('an LV created on A is seen on B and C at once', async () => {
@@ -329,7 +290,7 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
     await new Promise((resolve) => setTimeout(resolve, 150));
     c.process.kill('SIGKILL');
     await Promise.allSettled(creates);
-    daemons.delete('c');
+    cluster.daemons.delete('c');
     // The VG lock C may have held is freed once C is dead (3 s); a change from B then goes through.
     checkOk(
       await daemon('b').runCli(['lv', 'create', '-n', 'after-kill', '-L', '4M', 'vg0']),
@@ -337,8 +298,8 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
     );
     const metadata = await validVgOnDisk(pvDirectory);
     assert.ok(metadata.lvs.some((lv) => lv.name === 'after-kill'));
-    await startHost('c');
-    await waitForJoined(['c']);
+    await cluster.startHost('c');
+    await cluster.waitForJoined(['c'], 'vg0');
   });
 
   test('pv move under fio verify on the host where the LV is active, then vg reduce', async () => {
@@ -435,20 +396,15 @@ describe('clustered VGs across three daemons', { skip, timeout: 300_000 }, () =>
     });
     a.process.kill('SIGKILL');
     await move.waitForExit(30_000);
-    daemons.delete('a');
+    cluster.daemons.delete('a');
     const interrupted = await validVgOnDisk(pvDirectory);
     const left = interrupted.lvs
       .flatMap((lv) => lv.segments)
       .filter((segment) => segment.areas.some((area) => area.pvUuid === source.uuid)).length;
     assert.ok(left > 0, 'the kill came before the move ended');
 
-    a = await startDaemon({
-      hostName: 'a',
-      dataDir: a.dataDir,
-      extraArgs: ['--vg-dir', pvDirectory, '--lockspace', path.join(directory, 'global.img')],
-    });
-    daemons.set('a', a);
-    await waitForJoined(['a']);
+    a = await cluster.startHost('a', a.dataDir);
+    await cluster.waitForJoined(['a'], 'vg0');
     // The killed instance still holds its leases (vg0/first is active there) until it is
     // declared dead, 6 T after its last heartbeat: until then the move says who holds them.
     let again: CliResult | undefined;

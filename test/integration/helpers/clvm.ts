@@ -10,8 +10,14 @@ import { type VgRead, readVgMetadata, scanDevices } from '../../../src/clvm/meta
 import type { VgMetadata } from '../../../src/clvm/types.js';
 import { validateVgMetadata } from '../../../src/clvm/vg-operations.js';
 import { openFileDevice } from '../../../src/disk/file-device.js';
-import { type CliResult, makeTemporaryDirectory, runCli } from './daemon.js';
-import { type CleanupStack, makeSparseFile } from './tools.js';
+import {
+  type CliResult,
+  type DaemonHandle,
+  makeTemporaryDirectory,
+  runCli,
+  startDaemon,
+} from './daemon.js';
+import { type CleanupStack, makeSparseFile, waitFor } from './tools.js';
 
 /** The storage every daemon of a test cluster shares (see makeSharedStorage). */
 export interface SharedStorage {
@@ -46,6 +52,62 @@ export async function makeSharedStorage(
   const init = ['lockspace', 'init', globalLockspace, '--max-hosts', '8', '--profile', 'fast'];
   checkOk(await runCli(init), 'lockspace init');
   return { directory, pvDirectory, globalLockspace, pv };
+}
+
+/** A row of `vg list --json`. */
+export interface VgRow {
+  readonly name: string;
+  readonly uuid: string;
+  readonly seqno: string | number;
+  readonly joined: boolean;
+  readonly lvCount: number;
+}
+
+export async function vgsOf(daemon: DaemonHandle): Promise<VgRow[]> {
+  const output = checkOk(await daemon.runCli(['vg', 'list', '--json']), 'vg list');
+  return (JSON.parse(output) as { vgs: VgRow[] }).vgs;
+}
+
+/** The daemons of a test cluster on one SharedStorage, by host name. */
+export class TestCluster {
+  readonly daemons = new Map<string, DaemonHandle>();
+
+  constructor(readonly storage: SharedStorage) {}
+
+  daemon(name: string): DaemonHandle {
+    const found = this.daemons.get(name);
+    assert.ok(found !== undefined, `daemon ${name} not started`);
+    return found;
+  }
+
+  /** Starts host `name` on the shared storage (again on `dataDir`, for a restart). */
+  async startHost(name: string, dataDir?: string): Promise<DaemonHandle> {
+    const handle = await startDaemon({
+      hostName: name,
+      ...(dataDir === undefined ? {} : { dataDir }),
+      extraArgs: [
+        '--vg-dir',
+        this.storage.pvDirectory,
+        '--lockspace',
+        this.storage.globalLockspace,
+      ],
+    });
+    this.daemons.set(name, handle);
+    return handle;
+  }
+
+  /** Waits until each host named has joined the lockspace of `vgName` (of this uuid, if given). */
+  async waitForJoined(names: readonly string[], vgName: string, vgUuid?: string): Promise<void> {
+    for (const name of names) {
+      await waitFor(
+        async () =>
+          (await vgsOf(this.daemon(name))).some(
+            (vg) => vg.name === vgName && vg.joined && (vgUuid === undefined || vg.uuid === vgUuid),
+          ),
+        { timeoutMs: 20_000, intervalMs: 100, description: `${name} joined ${vgName}` },
+      );
+    }
+  }
 }
 
 /** Reads the VG straight from the PV files (not through any daemon) and checks every invariant. */
