@@ -29,7 +29,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "nbd_receiver.h"
+#include "nbd_thread.h"
 
 #define CHECK(call)                                                                                \
   do {                                                                                             \
@@ -617,7 +617,7 @@ static napi_value init(napi_env env, napi_value exports) {
   set_number(env, exports, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE);
   set_number(env, exports, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE);
   set_number(env, exports, "BATCH_MAXIMUM_OPERATIONS", BATCH_MAXIMUM_OPERATIONS);
-  nbd_receiver_register(env, exports);
+  nbd_thread_register(env, exports);
   return exports;
 }
 

@@ -8,6 +8,7 @@
  * socket data of this turn. Batches are capped so that several pool threads share a large burst
  * (and one slow request delays at most its own batch).
  */
+import { endOfFileError } from './file-io.js';
 import type { SubmitBatch } from './native.js';
 
 /** Completion of one request: null, or an errno-style error like Node's fs errors. */
@@ -31,7 +32,7 @@ const errnoNames: Readonly<Record<number, string>> = {
 
 function batchError(result: number, write: boolean, offsetBytes: number): NodeJS.ErrnoException {
   if (result === -1) {
-    return Object.assign(new Error(`unexpected end of file at ${offsetBytes}`), { code: 'EEOF' });
+    return endOfFileError(offsetBytes);
   }
   const code = errnoNames[result] ?? `ERRNO${result}`;
   return Object.assign(new Error(`${write ? 'pwrite' : 'pread'} failed: ${code}`), {

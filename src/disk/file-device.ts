@@ -30,6 +30,7 @@ import {
 import { BatchedIo } from './batched-io.js';
 import {
   type TransferDone,
+  endOfFileError,
   fdatasync,
   readFully,
   readInto,
@@ -226,6 +227,8 @@ export async function openFileDevice(
 export interface BorrowedDescriptor {
   readonly fd: number;
   release(): void;
+  /** `systemErrno` -1: the file ended before the range did. */
+  readError(systemErrno: number, offsetBytes: number, lengthBytes: number): TandemError;
   writeError(systemErrno: number, offsetBytes: number, lengthBytes: number): TandemError;
 }
 
@@ -538,15 +541,15 @@ export class FileDevice implements BlockDevice {
     }
   }
 
-  /** Waits for requests in flight, so the descriptor is never reused under them. */
   /**
-   * Lends the open descriptor to code that writes it outside this object (the NBD receive
-   * thread, src/nbd/native-receiver.ts, which duplicates it). Counts as I/O in flight until
-   * `release`, so close() waits for the borrower; `writeError` turns the errno of a failed
-   * write into the error write() itself would have given. Undefined once closed or read-only.
+   * Lends the open descriptor to code that reads and writes it outside this object (the NBD
+   * transmission thread, src/nbd/transmission-thread.ts, which duplicates it). Counts as I/O
+   * in flight until `release`, so close() waits for the borrower; `readError` and `writeError`
+   * turn the errno of a failed pread or pwrite into the error read() or write() itself would
+   * have given. Undefined once closed.
    */
   borrowDescriptor(): BorrowedDescriptor | undefined {
-    if (this.closed || this.readOnly) return undefined;
+    if (this.closed) return undefined;
     this.inFlightCount++;
     let released = false;
     return {
@@ -556,6 +559,13 @@ export class FileDevice implements BlockDevice {
         released = true;
         this.endIo();
       },
+      readError: (systemErrno, offsetBytes, lengthBytes) =>
+        this.mapError(
+          systemErrno < 0 ? endOfFileError(offsetBytes) : systemError(systemErrno),
+          'read',
+          offsetBytes,
+          lengthBytes,
+        ),
       writeError: (systemErrno, offsetBytes, lengthBytes) =>
         this.mapError(systemError(systemErrno), 'write', offsetBytes, lengthBytes),
     };

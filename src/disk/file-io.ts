@@ -10,7 +10,8 @@ import fs from 'node:fs';
 
 export type TransferDone = (error: NodeJS.ErrnoException | null) => void;
 
-function endOfFileError(positionBytes: number): NodeJS.ErrnoException {
+/** What a read that met the end of the file fails with (code EEOF, an I/O error to callers). */
+export function endOfFileError(positionBytes: number): NodeJS.ErrnoException {
   return Object.assign(new Error(`unexpected end of file at ${positionBytes}`), { code: 'EEOF' });
 }
 

@@ -68,17 +68,18 @@ export interface DiskNative {
    * than fault in fresh zeroed ones. Process-wide; false when not applied (fallback).
    */
   retainFreedHeap(sizeBytes: number): boolean;
-  /** The NBD receive thread (native/nbd_receiver.c, src/nbd/native-receiver.ts); not in the fallback. */
-  readonly nbdReceiver: NbdReceiverNative | undefined;
+  /** The NBD transmission thread (native/nbd_thread.c, src/nbd/transmission-thread.ts); not in the fallback. */
+  readonly nbdThread: NbdThreadNative | undefined;
 }
 
-/** Raw calls of the NBD receive thread; src/nbd/native-receiver.ts gives them meaning. */
-export interface NbdReceiverNative {
+/** Raw calls of the NBD transmission thread; src/nbd/transmission-thread.ts gives them meaning. */
+export interface NbdThreadNative {
   /**
-   * Starts a thread reading requests from a dup of `socketFd`, writing eligible WRITEs to a dup
-   * of `targetFd`; `settings` is [sizeBytes, alignmentBytes, maximumPayloadBytes,
-   * maximumSkippedPayloadBytes, maximumQueuedEvents, largeWriteBytes, handBackAfter]. Returns an opaque handle. `leftover` comes with the last batch: bytes the
-   * thread received but did not parse.
+   * Starts a thread serving requests from a dup of `socketFd` with I/O on a dup of `targetFd`;
+   * `settings` is [sizeBytes, alignmentBytes, maximumPayloadBytes, maximumSkippedPayloadBytes,
+   * maximumQueuedEvents, handBackAfter, writable, servesReads, structuredReplies] (booleans as
+   * 0/1). Returns an opaque handle. `leftover` comes with the last batch: bytes the thread
+   * received but did not parse.
    */
   start(
     socketFd: number,
@@ -87,8 +88,12 @@ export interface NbdReceiverNative {
     settings: Float64Array,
     onEvents: (events: Float64Array, leftover: Buffer | undefined) => void,
   ): unknown;
-  /** what: 1 pause (value 1) or resume (0), 2 stop taking writes, 3 stop the thread. */
+  /** what: 1 pause (value 1) or resume (0), 2 serve nothing more itself, 3 stop the thread. */
   control(handle: unknown, what: number, value: number): void;
+  /** Copies `bytes` for the thread to send after its own output; false on no memory. */
+  send(handle: unknown, bytes: Buffer): boolean;
+  /** After the thread stopped: the output it had not sent (its own, then send()'s). */
+  takeOutput(handle: unknown): Buffer | undefined;
 }
 
 /**
@@ -118,8 +123,10 @@ interface NativeAddon {
   submitBatch: SubmitBatch;
   preadNoWait(fd: number, buffer: Buffer, offset: number): number;
   retainFreedHeap(sizeBytes: number): boolean;
-  startReceiver?: NbdReceiverNative['start'];
-  controlReceiver?: NbdReceiverNative['control'];
+  startThread?: NbdThreadNative['start'];
+  controlThread?: NbdThreadNative['control'];
+  sendOnThread?: NbdThreadNative['send'];
+  takeOutput?: NbdThreadNative['takeOutput'];
   BATCH_MAXIMUM_OPERATIONS: number;
   FALLOC_FL_KEEP_SIZE: number;
   FALLOC_FL_PUNCH_HOLE: number;
@@ -198,7 +205,7 @@ export const fallbackDiskNative: DiskNative = {
   batchMaximumOperations: 0,
   preadNoWait: undefined,
   retainFreedHeap: () => false,
-  nbdReceiver: undefined,
+  nbdThread: undefined,
 };
 
 function wrapAddon(addon: NativeAddon): DiskNative {
@@ -234,9 +241,17 @@ function wrapAddon(addon: NativeAddon): DiskNative {
     batchMaximumOperations: addon.BATCH_MAXIMUM_OPERATIONS,
     preadNoWait: addon.preadNoWait,
     retainFreedHeap: (sizeBytes) => addon.retainFreedHeap(sizeBytes),
-    nbdReceiver:
-      addon.startReceiver !== undefined && addon.controlReceiver !== undefined
-        ? { start: addon.startReceiver, control: addon.controlReceiver }
+    nbdThread:
+      addon.startThread !== undefined &&
+      addon.controlThread !== undefined &&
+      addon.sendOnThread !== undefined &&
+      addon.takeOutput !== undefined
+        ? {
+            start: addon.startThread,
+            control: addon.controlThread,
+            send: addon.sendOnThread,
+            takeOutput: addon.takeOutput,
+          }
         : undefined,
   };
 }

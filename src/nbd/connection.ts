@@ -12,12 +12,13 @@
  * server buffer without bound. Replies that complete in the same event-loop turn leave in one
  * writev (cork until setImmediate).
  *
- * On a writable plain file export, once a client sends large WRITEs, a native thread reads the
- * transmission phase instead of Node (native-receiver.ts): it writes WRITE payloads to the file
- * itself and passes every other request here as a parsed header, until small requests
- * dominate again and it hands the socket back. Validation of those, their execution, flush
- * barriers and every reply stay in this class; flow control then pauses the thread instead of
- * the socket.
+ * On a plain file export, once a client sends READs or WRITEs, a native thread takes the
+ * socket over, both ways (transmission-thread.ts): it serves valid READs and WRITEs itself and
+ * passes every other request here as a parsed header, until those dominate and it hands the
+ * socket back. Their validation, execution, flush barriers and replies stay in this class; the
+ * replies then leave through the thread (send), and flow control pauses the thread instead of
+ * the socket. A write the thread served is done before it passes on any later request, so a
+ * FLUSH here still covers every write that came before it.
  */
 import type { Socket } from 'node:net';
 import { type TandemError, assert, systemErrnoName } from '../errors.js';
@@ -25,12 +26,12 @@ import type { Logger } from '../log.js';
 import { ByteQueue } from './byte-queue.js';
 import type { NbdLimits } from './limits.js';
 import {
-  NativeReceiver,
-  type ReceiveThreadPolicy,
+  TransmissionThread,
   type ReceivedHeader,
-  type ReceiverEvents,
   type StopReason,
-} from './native-receiver.js';
+  type ThreadEvents,
+  type TransmissionThreadPolicy,
+} from './transmission-thread.js';
 import type { NbdExport } from './nbd-export.js';
 import { Negotiation, type ExportLookup } from './negotiation.js';
 import type { ReplyBufferPool } from './reply-buffers.js';
@@ -84,12 +85,18 @@ export class NbdConnection {
 
   private target: NbdExport | undefined;
   private executor: RequestExecutor | undefined;
-  /** The native thread reading the transmission phase, when one took over (see above). */
-  private receiver: NativeReceiver | undefined;
-  /** The receive thread's policy while one may take over on this connection; else undefined. */
-  private takeOverPolicy: ReceiveThreadPolicy | undefined;
+  /** The native thread serving the transmission phase, when one took over (see above). */
+  private thread: TransmissionThread | undefined;
+  /** While a thread may take over on this connection: its policy and what it would serve. */
+  private takeOver:
+    | {
+        readonly policy: TransmissionThreadPolicy;
+        readonly reads: boolean;
+        readonly writes: boolean;
+      }
+    | undefined;
   /** A thread stopped for the end: Node reads again only when the socket ends (endSocket). */
-  private receiverStoppedForEnd: NativeReceiver | undefined;
+  private threadStoppedForEnd: TransmissionThread | undefined;
   private requestsInFlight = 0;
   private bytesInFlight = 0;
   private writeSequence = 0;
@@ -112,8 +119,8 @@ export class NbdConnection {
     private readonly hooks: ConnectionHooks,
     private readonly logger: Logger,
     private readonly replyBuffers: ReplyBufferPool,
-    /** When a native thread takes over reading (native-receiver.ts); undefined: never. */
-    private readonly receiveThread: ReceiveThreadPolicy | undefined,
+    /** When a native thread takes over (transmission-thread.ts); undefined: never. */
+    private readonly threadPolicy: TransmissionThreadPolicy | undefined,
   ) {
     socket.setNoDelay(true);
     socket.on('data', (chunk: Buffer) => this.onData(chunk));
@@ -154,7 +161,7 @@ export class NbdConnection {
 
   /** Drops the TCP connection at once (protocol violation, abuse, forced stop). */
   hardDisconnect(reason: string): void {
-    this.receiver?.stop();
+    this.thread?.stop();
     if (this.socket.destroyed) return;
     this.logger.info('dropping connection', { reason });
     this.transition('closed');
@@ -174,7 +181,7 @@ export class NbdConnection {
   }
 
   private onClose(): void {
-    this.receiver?.stop();
+    this.thread?.stop();
     this.transition('closed');
     if (this.handshakeTimer !== undefined) clearTimeout(this.handshakeTimer);
     if (this.closeTimer !== undefined) clearTimeout(this.closeTimer);
@@ -321,21 +328,45 @@ export class NbdConnection {
     );
     this.transition('request-header');
     this.hooks.attached(this, target);
-    this.takeOverPolicy =
-      !target.readOnly && NativeReceiver.supports(target.device) ? this.receiveThread : undefined;
+    const serves = TransmissionThread.serves(target.device, target.readOnly);
+    this.takeOver =
+      serves !== undefined && this.threadPolicy !== undefined
+        ? { policy: this.threadPolicy, ...serves }
+        : undefined;
     this.logger.info('client attached', {
       export: target.name,
       structuredReplies: negotiation.structuredReplies,
     });
   }
 
+  /** Whether a thread should take over at this request header (at the head of the queue). */
+  private threadWouldServe(type: number, lengthBytes: number): boolean {
+    const takeOver = this.takeOver;
+    return (
+      takeOver !== undefined &&
+      this.state === 'request-header' &&
+      ((type === wire.CMD_READ && takeOver.reads) ||
+        (type === wire.CMD_WRITE && takeOver.writes)) &&
+      lengthBytes >= takeOver.policy.takeOverBytes
+    );
+  }
+
   /**
-   * Lets a native thread read from here on (the queue, starting with a large WRITE's header,
-   * goes to it); false when none could start, and none will be tried again.
+   * Lets a native thread serve from here on (the queue, starting with the header of a READ or
+   * WRITE it would serve, goes to it). False when it did not start: not now, while replies
+   * still wait in Node's socket buffer (the thread must be the only writer), or not ever.
    */
-  private startReceiver(target: NbdExport, policy: ReceiveThreadPolicy): boolean {
+  private startThread(target: NbdExport): boolean {
+    const takeOver = this.takeOver;
+    const executor = this.executor;
+    assert(takeOver !== undefined && executor !== undefined, 'thread without transmission');
+    if (this.corked) {
+      this.corked = false;
+      this.socket.uncork();
+    }
+    if (this.socket.writableLength > 0) return false;
     const pending = this.queue.take(this.queue.length);
-    this.receiver = NativeReceiver.start(
+    this.thread = TransmissionThread.start(
       this.socket,
       target.device,
       pending,
@@ -345,23 +376,25 @@ export class NbdConnection {
         maximumPayloadBytes: target.blockSizes.maximumBytes,
         maximumSkippedPayloadBytes: this.limits.maximumSkippedPayloadBytes,
         maximumQueuedEvents: this.limits.maximumRequestsInFlight,
-        ...policy,
+        writable: takeOver.writes,
+        structuredReplies: executor.structuredReplies,
+        ...takeOver.policy,
       },
-      this.receiverEvents(),
+      this.threadEvents(),
     );
-    if (this.receiver !== undefined) {
-      this.logger.debug('receive thread took over');
+    if (this.thread !== undefined) {
+      this.logger.debug('transmission thread took over');
       // Flow control carries over: a connection paused now starts with a paused thread.
-      if (this.readPaused) this.receiver.setPaused(true);
+      if (this.readPaused) this.thread.setPaused(true);
       return true;
     }
-    // Not taken over: the bytes go back to be parsed here.
-    this.takeOverPolicy = undefined;
+    // Not taken over: the bytes go back to be parsed here, and no thread is tried again.
+    this.takeOver = undefined;
     this.queue.push(pending);
     return false;
   }
 
-  private receiverEvents(): ReceiverEvents {
+  private threadEvents(): ThreadEvents {
     const requestOf = (header: ReceivedHeader): NbdRequest => ({
       ...header,
       payload: undefined,
@@ -371,7 +404,8 @@ export class NbdConnection {
       request: (header) => {
         if (this.state !== 'closed') this.acceptRequest(requestOf(header));
       },
-      written: (header, error) => this.answerNativeWrite(requestOf(header), error),
+      writeFailed: (header, error) => this.answerThreadFailure(requestOf(header), 'write', error),
+      readFailed: (header, error) => this.answerThreadFailure(requestOf(header), 'read', error),
       skipped: (header) => this.rejectSkippedWrite(requestOf(header)),
       badMagic: (magic) => {
         this.logger.warn('bad request magic', { magic });
@@ -382,23 +416,20 @@ export class NbdConnection {
         this.hardDisconnect('oversized write payload');
       },
       stopped: (reason, systemErrno, leftover) =>
-        this.onReceiverStopped(reason, systemErrno, leftover),
+        this.onThreadStopped(reason, systemErrno, leftover),
     };
   }
 
-  /**
-   * The thread wrote the payload already: only the reply is left, mapped as every device
-   * error is (nbdErrorFromException).
-   */
-  private answerNativeWrite(request: NbdRequest, error: TandemError | undefined): void {
+  /** The thread's pread or pwrite failed: the reply carries the error, mapped as every device
+   * error is (nbdErrorFromException). */
+  private answerThreadFailure(
+    request: NbdRequest,
+    operation: 'read' | 'write',
+    error: TandemError,
+  ): void {
     const executor = this.executor;
-    assert(executor !== undefined, 'write before transmission');
-    this.writeSequence += 1;
-    if (error === undefined) {
-      this.send(executor.encodeSuccess(request));
-      return;
-    }
-    this.logger.warn('write failed', { error });
+    assert(executor !== undefined, 'request before transmission');
+    this.logger.warn(`${operation} failed`, { error });
     this.send(executor.encodeError(request, nbdErrorFromException(error), error));
   }
 
@@ -418,18 +449,21 @@ export class NbdConnection {
     this.send(executor.encodeError(request, rejection.errno, new Error(rejection.message)));
   }
 
-  private onReceiverStopped(reason: StopReason, systemErrno: number, leftover: Buffer): void {
-    this.logger.debug('receive thread stopped', { reason, errno: errnoName(systemErrno) });
-    const receiver = this.receiver;
-    this.receiver = undefined;
-    if (this.socket.destroyed) return;
+  private onThreadStopped(reason: StopReason, systemErrno: number, leftover: Buffer): void {
+    this.logger.debug('transmission thread stopped', { reason, errno: errnoName(systemErrno) });
+    const thread = this.thread;
+    this.thread = undefined;
+    if (this.socket.destroyed || thread === undefined) return;
     if (reason === 'socket-error' || reason === 'no-memory') {
-      this.hardDisconnect(`receive thread: ${reason} ${errnoName(systemErrno)}`);
+      this.hardDisconnect(`transmission thread: ${reason} ${errnoName(systemErrno)}`);
       return;
     }
+    // Node writes again, starting with the replies the thread had not sent.
+    const output = thread.takeOutput();
+    if (output !== undefined) this.send(output);
     if (reason === 'asked') {
       // Stopped by maybeEnd: nothing more is parsed; what the client still sends is dropped.
-      this.receiverStoppedForEnd = receiver;
+      this.threadStoppedForEnd = thread;
       this.maybeEnd();
       return;
     }
@@ -437,14 +471,14 @@ export class NbdConnection {
     // (after a hand-back), or the peer's FIN (end of stream, after DISC, once this side ended).
     this.queue.push(leftover);
     this.readPaused = false;
-    receiver?.handBack();
+    thread.handBack();
     this.updateReading();
     this.pump();
     this.maybeEnd();
   }
 
   private readRequestHeader(): boolean {
-    if (this.receiver !== undefined) return false;
+    if (this.thread !== undefined) return false;
     if (this.queue.length < wire.REQUEST_HEADER_BYTES) return false;
     const { buffer, offset } = this.queue.contiguous(wire.REQUEST_HEADER_BYTES);
     if (buffer.readUInt32BE(offset) !== wire.REQUEST_MAGIC) {
@@ -452,14 +486,10 @@ export class NbdConnection {
       this.hardDisconnect('bad request magic');
       return false;
     }
-    const policy = this.takeOverPolicy;
     if (
-      policy !== undefined &&
-      this.state === 'request-header' &&
-      buffer.readUInt16BE(offset + 6) === wire.CMD_WRITE &&
-      buffer.readUInt32BE(offset + 24) >= policy.largeWriteBytes &&
+      this.threadWouldServe(buffer.readUInt16BE(offset + 6), buffer.readUInt32BE(offset + 24)) &&
       this.target !== undefined &&
-      this.startReceiver(this.target, policy)
+      this.startThread(this.target)
     ) {
       return false;
     }
@@ -630,10 +660,22 @@ export class NbdConnection {
    */
   private send(bytes: Buffer, afterSent?: () => void): void {
     if (this.state === 'closed' || this.socket.destroyed) return;
+    const thread = this.thread;
+    if (thread !== undefined) {
+      // The thread is the socket's writer now; it copied the bytes.
+      if (!thread.send(bytes)) {
+        this.hardDisconnect('no memory for a reply');
+        return;
+      }
+      afterSent?.();
+      return;
+    }
     if (!this.corked) {
       this.corked = true;
       this.socket.cork();
       setImmediate(() => {
+        // startThread may have uncorked already.
+        if (!this.corked) return;
         this.corked = false;
         this.socket.uncork();
       });
@@ -654,8 +696,8 @@ export class NbdConnection {
       this.sendBlocked ||
       this.requestsInFlight >= this.limits.maximumRequestsInFlight ||
       this.bytesInFlight >= this.limits.maximumBytesInFlight;
-    if (this.receiver !== undefined) {
-      if (overloaded !== this.readPaused) this.receiver.setPaused(overloaded);
+    if (this.thread !== undefined) {
+      if (overloaded !== this.readPaused) this.thread.setPaused(overloaded);
       this.readPaused = overloaded;
       return;
     }
@@ -673,10 +715,11 @@ export class NbdConnection {
   private maybeEnd(): void {
     if (!this.endRequested || this.state === 'closed') return;
     if (this.state === 'request-header') this.transition('draining');
-    if (this.receiver !== undefined) {
-      // Every write the thread finished is answered before the end: its events come first.
-      this.receiver.stopWrites();
-      this.receiver.stop();
+    if (this.thread !== undefined) {
+      // Every request the thread served is answered before the end: its replies are in the
+      // output onThreadStopped takes.
+      this.thread.stopServing();
+      this.thread.stop();
       return;
     }
     if (this.requestsInFlight > 0) return;
@@ -691,7 +734,7 @@ export class NbdConnection {
    */
   private endSocket(): void {
     this.socket.end();
-    this.receiverStoppedForEnd?.handBack();
+    this.threadStoppedForEnd?.handBack();
     this.socket.resume();
     this.armCloseTimer(this.limits.closeGraceMs);
   }

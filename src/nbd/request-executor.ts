@@ -84,7 +84,7 @@ export function nbdErrorFromException(error: unknown): number {
 export class RequestExecutor {
   constructor(
     private readonly target: NbdExport,
-    private readonly structuredReplies: boolean,
+    readonly structuredReplies: boolean,
     private readonly blockStatusActive: boolean,
     private readonly maximumPayloadBytes: number,
     private readonly maximumBlockStatusExtents: number,

@@ -12,7 +12,10 @@ import { TandemError } from '../errors.js';
 import type { Logger } from '../log.js';
 import { NbdConnection } from './connection.js';
 import { resolveNbdLimits, type NbdLimits } from './limits.js';
-import { defaultReceiveThreadPolicy, type ReceiveThreadPolicy } from './native-receiver.js';
+import {
+  defaultTransmissionThreadPolicy,
+  type TransmissionThreadPolicy,
+} from './transmission-thread.js';
 import { NbdExport, type NbdExportInfo, type NbdExportOptions } from './nbd-export.js';
 import type { ExportLookup } from './negotiation.js';
 import { ReplyBufferPool } from './reply-buffers.js';
@@ -24,11 +27,11 @@ export interface NbdServerOptions {
   readonly logger: Logger;
   readonly limits?: Partial<NbdLimits>;
   /**
-   * Let a native thread read the transmission phase of writable file exports and write their
-   * WRITE payloads (native-receiver.ts), taking over and handing back as the policy says.
-   * Default: true, with defaultReceiveThreadPolicy; false keeps every byte in JavaScript.
+   * Let a native thread serve the READs and WRITEs of plain file exports and carry every reply
+   * (transmission-thread.ts), taking over and handing back as the policy says. Default: true,
+   * with defaultTransmissionThreadPolicy; false keeps every byte in JavaScript.
    */
-  readonly receiveThread?: boolean | ReceiveThreadPolicy;
+  readonly transmissionThread?: boolean | TransmissionThreadPolicy;
 }
 
 export interface ListenAddress {
@@ -48,7 +51,7 @@ export class NbdServer {
   /** READ reply buffers, shared by all connections. */
   private readonly replyBuffers: ReplyBufferPool;
   private closing = false;
-  private readonly receiveThread: ReceiveThreadPolicy | undefined;
+  private readonly transmissionThread: TransmissionThreadPolicy | undefined;
 
   private readonly lookup: ExportLookup = {
     find: (name) => {
@@ -61,13 +64,13 @@ export class NbdServer {
   constructor(options: NbdServerOptions) {
     this.logger = options.logger;
     this.limits = resolveNbdLimits(options.limits);
-    const receiveThread = options.receiveThread ?? true;
-    this.receiveThread =
-      receiveThread === true
-        ? defaultReceiveThreadPolicy
-        : receiveThread === false
+    const transmissionThread = options.transmissionThread ?? true;
+    this.transmissionThread =
+      transmissionThread === true
+        ? defaultTransmissionThreadPolicy
+        : transmissionThread === false
           ? undefined
-          : receiveThread;
+          : transmissionThread;
     this.replyBuffers = new ReplyBufferPool(this.limits.maximumPooledReplyBytes);
     // Write payloads arrive in fresh 64 KiB socket buffers freed soon after: keep their pages.
     loadDiskNative().retainFreedHeap(this.limits.retainedFreedHeapBytes);
@@ -208,7 +211,7 @@ export class NbdServer {
       },
       logger,
       this.replyBuffers,
-      this.receiveThread,
+      this.transmissionThread,
     );
     this.connections.add(connection);
   }

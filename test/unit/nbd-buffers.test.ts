@@ -88,9 +88,9 @@ const fileSizeBytes = 4 * 1024 * 1024;
 const largeBytes = 1024 * 1024;
 
 const variants = [
-  { name: 'addon, payloads read in JavaScript', addon: true, receiveThread: false },
-  { name: 'portable fallback', addon: false, receiveThread: false },
-  { name: 'addon, receive thread', addon: true, receiveThread: true },
+  { name: 'addon, payloads read in JavaScript', addon: true, transmissionThread: false },
+  { name: 'portable fallback', addon: false, transmissionThread: false },
+  { name: 'addon, transmission thread', addon: true, transmissionThread: true },
 ] as const;
 
 for (const variant of variants) {
@@ -116,7 +116,7 @@ for (const variant of variants) {
       fixture = await startServer(
         [{ name: 'disk', device }],
         {},
-        { receiveThread: variant.receiveThread },
+        { transmissionThread: variant.transmissionThread },
       );
     });
     after(async () => {
@@ -147,7 +147,7 @@ for (const variant of variants) {
       }
       client.send(request.subarray(cursor));
       assert.equal(replyErrno(await client.readReply()), 0);
-      if (variant.receiveThread) {
+      if (variant.transmissionThread) {
         // The thread wrote the payload to the file itself; the device never saw it.
         assert.deepEqual(gatheredPieceCounts, []);
       } else {

@@ -52,12 +52,12 @@ const modes: readonly Mode[] = ['simple', 'structured'];
 
 /**
  * The export 'disk' of each suite is a memory device (every byte parsed in JavaScript) or a
- * file, whose connections a native thread reads (src/nbd/native-receiver.ts): each test that
- * uses 'disk' runs against both.
+ * file, whose connections a native thread serves (src/nbd/transmission-thread.ts): each test
+ * that uses 'disk' runs against both.
  */
-const diskKinds = ['memory', 'file with receive thread'] as const;
-/** The thread takes over at the first WRITE of any size and never hands back. */
-const alwaysThread = { largeWriteBytes: 1, handBackAfter: 0 };
+const diskKinds = ['memory', 'file with transmission thread'] as const;
+/** The thread takes over at the first READ or WRITE and never hands back. */
+const alwaysThread = { takeOverBytes: 1, handBackAfter: 0 };
 type DiskKind = (typeof diskKinds)[number];
 
 async function openDisk(kind: DiskKind): Promise<{ device: BlockDevice; remove(): Promise<void> }> {
@@ -101,7 +101,7 @@ for (const diskKind of diskKinds) {
           { name: 'slow', device: slow },
         ],
         { maximumPayloadBytes, maximumSkippedPayloadBytes },
-        { receiveThread: alwaysThread },
+        { transmissionThread: alwaysThread },
       );
     });
     afterEach(async () => {
@@ -861,7 +861,7 @@ for (const diskKind of diskKinds) {
       fixture = await startServer(
         [{ name: 'disk', device: disk.device }],
         { maximumRequestsInFlight: 4, maximumBytesInFlight: 64 * 1024 },
-        { receiveThread: alwaysThread },
+        { transmissionThread: alwaysThread },
       );
     });
     afterEach(() => pool.closeAll());

@@ -559,7 +559,7 @@ export interface TestServer {
 export async function startServer(
   exports: readonly NbdExportOptions[],
   limits: Partial<NbdLimits> = {},
-  options: Pick<NbdServerOptions, 'receiveThread'> = {},
+  options: Pick<NbdServerOptions, 'transmissionThread'> = {},
 ): Promise<TestServer> {
   const server = new NbdServer({
     logger: silentLogger,

@@ -1,0 +1,515 @@
+/*
+ * The NBD transmission thread: one per connection to a plain file export while its client
+ * sends READs and WRITEs (src/nbd/transmission-thread.ts is the only caller; docs/nbd.md and
+ * docs/performance.md say why and when).
+ *
+ * The thread owns the socket while it runs, both ways. It reads each request header itself and
+ * serves a READ or a WRITE that passes the checks the connection gave it on the spot, as
+ * nbdkit's file plugin does: pread into its output buffer behind the reply header, or the
+ * payload received into its own buffer and pwrite; the reply goes into the output buffer. The
+ * output leaves in one send once no further request is waiting in what was received (so
+ * replies to a pipelined burst leave together), or when it has grown past a bound. Every other
+ * request (and every READ or WRITE that fails a check) goes to JavaScript as an event;
+ * JavaScript validates it, runs it and hands the reply bytes back (send()), which the thread
+ * sends with its own: the socket keeps one writer. A failed pread or pwrite goes to JavaScript
+ * too, as its errno, so device errors are mapped in one place. After `hand_back_after`
+ * requests in a row that it did not serve itself the thread stops at a request boundary and
+ * returns the bytes it received but did not parse.
+ *
+ * Events reach JavaScript in batches through one threadsafe function: the thread appends to a
+ * queue under the mutex and calls into JavaScript only when the queue was empty. The thread
+ * reads no further request while that queue is full, while JavaScript has paused it (flow
+ * control), or while too much output waits for a client that does not read. Everything that
+ * wakes it (new output from JavaScript, events taken, pause, stop) writes its eventfd.
+ *
+ * The thread reads and writes a dup of the socket's descriptor and does I/O on a dup of the
+ * file's, so a close on the JavaScript side never frees a number under it. stop() never blocks
+ * JavaScript: the thread ends after the request it is in, without waiting for the client to
+ * read, and JavaScript takes what output it had not sent yet (takeOutput) and sends it itself.
+ * After its last event (STOPPED) it releases the threadsafe function; the state is freed once
+ * both that and the JavaScript handle are gone (nbd_thread_napi.c, which starts the thread and
+ * is all JavaScript calls).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <node_api.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "nbd_thread_state.h"
+
+#define REQUEST_MAGIC 0x25609513u
+#define SIMPLE_REPLY_MAGIC 0x67446698u
+#define STRUCTURED_REPLY_MAGIC 0x668e33efu
+#define REQUEST_HEADER_BYTES 28
+#define SIMPLE_REPLY_HEADER_BYTES 16
+/* A structured OFFSET_DATA chunk header: 20 bytes, then the 8-byte offset. */
+#define STRUCTURED_READ_HEADER_BYTES 28
+#define REPLY_FLAG_DONE 1
+#define REPLY_TYPE_OFFSET_DATA 1
+#define CMD_READ 0
+#define CMD_WRITE 1
+#define CMD_DISC 2
+#define CMD_FLAG_FUA 1
+#define CMD_FLAG_DF 4
+/* Payloads are received and written in pieces of at most this, so a connection's buffer stays
+   small even for 32 MiB writes. */
+#define PIECE_BYTES_MAXIMUM (1024 * 1024)
+/* READs up to this are served here (read whole before the reply starts, as an error must come
+   before any data); longer ones go to JavaScript. */
+#define READ_BYTES_MAXIMUM (4 * 1024 * 1024)
+/* Replies are sent when no further request is waiting in what was received, or once this much
+   has gathered. */
+#define OUTPUT_FLUSH_BYTES (256 * 1024)
+/* No request is read while this much output waits for a client that does not read; under
+   it, the next READ is read while the kernel still sends the last. */
+#define OUTPUT_PENDING_MAXIMUM (2 * 1024 * 1024)
+
+/* The errno field of READ_FAILED for a file that ended before the range did. */
+#define ERRNO_END_OF_FILE (-1)
+
+typedef enum { RECEIVED = 0, RECEIVE_STOP, RECEIVE_EOF, RECEIVE_ERROR } receive_t;
+
+void nbd_thread_wake(serving_thread_t *serving) {
+  uint64_t one = 1;
+  if (write(serving->wake_fd, &one, sizeof one) < 0) {
+    /* An eventfd write only fails on counter overflow: the thread is awake anyway. */
+  }
+}
+
+size_t nbd_pending_bytes(const byte_buffer_t *buffer) { return buffer->end - buffer->start; }
+
+/* Makes room for `extra` more bytes at the end; false on no memory. */
+bool nbd_reserve(byte_buffer_t *buffer, size_t extra) {
+  if (buffer->start == buffer->end) buffer->start = buffer->end = 0;
+  if (buffer->capacity - buffer->end >= extra) return true;
+  size_t used = buffer->end - buffer->start;
+  if (buffer->start > 0 && buffer->capacity - used >= extra) {
+    memmove(buffer->bytes, buffer->bytes + buffer->start, used);
+  } else {
+    size_t capacity = buffer->capacity == 0 ? 64 * 1024 : buffer->capacity;
+    while (capacity - used < extra) capacity *= 2;
+    uint8_t *grown = malloc(capacity);
+    if (grown == NULL) return false;
+    if (used > 0) memcpy(grown, buffer->bytes + buffer->start, used);
+    free(buffer->bytes);
+    buffer->bytes = grown;
+    buffer->capacity = capacity;
+  }
+  buffer->start = 0;
+  buffer->end = used;
+  return true;
+}
+
+/* Appends one event; wakes JavaScript when the queue was empty. Returns false on no memory. */
+static bool post_event(serving_thread_t *serving, int kind, const double *header, double extra,
+                       int system_errno) {
+  pthread_mutex_lock(&serving->mutex);
+  if (serving->event_count == serving->event_capacity) {
+    size_t capacity = serving->event_capacity == 0 ? 64 : serving->event_capacity * 2;
+    double *grown = realloc(serving->events, capacity * EVENT_FIELDS * sizeof(double));
+    if (grown == NULL) {
+      pthread_mutex_unlock(&serving->mutex);
+      return false;
+    }
+    serving->events = grown;
+    serving->event_capacity = capacity;
+  }
+  double *event = serving->events + serving->event_count * EVENT_FIELDS;
+  event[0] = kind;
+  for (int field = 0; field < 6; field++) event[1 + field] = header == NULL ? 0 : header[field];
+  event[7] = extra;
+  event[8] = system_errno;
+  serving->event_count += 1;
+  bool call = !serving->notified;
+  serving->notified = true;
+  pthread_mutex_unlock(&serving->mutex);
+  if (call) napi_call_threadsafe_function(serving->deliver, NULL, napi_tsfn_nonblocking);
+  return true;
+}
+
+/* Moves JavaScript's replies behind the thread's own output; false on no memory. */
+bool nbd_take_javascript_output(serving_thread_t *serving) {
+  bool ok = true;
+  pthread_mutex_lock(&serving->mutex);
+  byte_buffer_t *from = &serving->javascript_output;
+  size_t length = nbd_pending_bytes(from);
+  if (length > 0) {
+    ok = nbd_reserve(&serving->output, length);
+    if (ok) {
+      memcpy(serving->output.bytes + serving->output.end, from->bytes + from->start, length);
+      serving->output.end += length;
+      from->start = from->end = 0;
+    }
+  }
+  pthread_mutex_unlock(&serving->mutex);
+  return ok;
+}
+
+/* Sends what it can without waiting; false on a socket error (socket_errno says which). */
+static bool send_output(serving_thread_t *serving) {
+  byte_buffer_t *output = &serving->output;
+  while (output->end > output->start) {
+    ssize_t sent = send(serving->socket_fd, output->bytes + output->start,
+                        output->end - output->start, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent > 0) {
+      output->start += (size_t)sent;
+      continue;
+    }
+    if (sent < 0 && errno == EINTR) continue;
+    if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
+    serving->socket_errno = sent < 0 ? errno : EPIPE;
+    return false;
+  }
+  output->start = output->end = 0;
+  return true;
+}
+
+typedef enum { WAIT_READY = 0, WAIT_STOP, WAIT_SOCKET_ERROR, WAIT_NO_MEMORY } wait_t;
+
+/*
+ * Sends output and waits: for the socket to be readable (`for_input`), or else until the
+ * thread may read another request (not paused, the event queue not full, not too much output
+ * unsent). Returns at once when stop() was called. Output under OUTPUT_FLUSH_BYTES waits for
+ * the next wait for input, so the replies to a pipelined burst leave in one send.
+ */
+static wait_t wait_until(serving_thread_t *serving, bool for_input) {
+  for (;;) {
+    if (!nbd_take_javascript_output(serving)) return WAIT_NO_MEMORY;
+    pthread_mutex_lock(&serving->mutex);
+    bool stop = serving->stop_requested;
+    bool room = !serving->paused && serving->event_count < serving->maximum_queued_events;
+    pthread_mutex_unlock(&serving->mutex);
+    if (stop) return WAIT_STOP;
+    bool ready = !for_input && room;
+    if ((!ready || nbd_pending_bytes(&serving->output) >= OUTPUT_FLUSH_BYTES) &&
+        !send_output(serving)) {
+      return WAIT_SOCKET_ERROR;
+    }
+    bool unsent = nbd_pending_bytes(&serving->output) > 0;
+    if (ready && nbd_pending_bytes(&serving->output) < OUTPUT_PENDING_MAXIMUM) return WAIT_READY;
+    short socket_events = (short)((for_input ? POLLIN : 0) | (unsent ? POLLOUT : 0));
+    struct pollfd watched[2] = {
+        /* A socket watched for nothing would still report a hang-up at once, over and over. */
+        {.fd = socket_events == 0 ? -1 : serving->socket_fd, .events = socket_events},
+        {.fd = serving->wake_fd, .events = POLLIN},
+    };
+    int polled = poll(watched, 2, -1);
+    if (polled < 0 && errno == EINTR) continue;
+    if (polled < 0) return for_input ? WAIT_READY : WAIT_SOCKET_ERROR; /* recv reports it */
+    if (watched[1].revents != 0) {
+      uint64_t ignored;
+      if (read(serving->wake_fd, &ignored, sizeof ignored) < 0) {
+        /* Nothing to do: the counter is only a wake-up. */
+      }
+    }
+    if (for_input && (watched[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) return WAIT_READY;
+  }
+}
+
+static receive_t receive_outcome_of(wait_t waited) {
+  switch (waited) {
+    case WAIT_READY:
+      return RECEIVED;
+    case WAIT_STOP:
+      return RECEIVE_STOP;
+    default:
+      return RECEIVE_ERROR;
+  }
+}
+
+/* One recv into `into`; waits for data (sending output meanwhile). RECEIVED with *got > 0. */
+static receive_t receive_some(serving_thread_t *serving, uint8_t *into, size_t length,
+                              size_t *got) {
+  for (;;) {
+    ssize_t count = recv(serving->socket_fd, into, length, MSG_DONTWAIT);
+    if (count > 0) {
+      *got = (size_t)count;
+      return RECEIVED;
+    }
+    if (count == 0) return RECEIVE_EOF;
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      receive_t outcome = receive_outcome_of(wait_until(serving, true));
+      if (outcome != RECEIVED) return outcome;
+      continue;
+    }
+    serving->socket_errno = errno;
+    return RECEIVE_ERROR;
+  }
+}
+
+/*
+ * Fills `length` bytes of `into` (or drops them when `into` is NULL): first from the stage,
+ * then straight from the socket for what is at least a stage long (a large payload is not
+ * copied twice), else through the stage, which then keeps what follows for the next call.
+ */
+static receive_t receive_exact(serving_thread_t *serving, uint8_t *into, size_t length) {
+  byte_buffer_t *stage = &serving->stage;
+  size_t filled = 0;
+  while (filled < length) {
+    size_t staged = stage->end - stage->start;
+    if (staged > 0) {
+      size_t taken = staged < length - filled ? staged : length - filled;
+      if (into != NULL) memcpy(into + filled, stage->bytes + stage->start, taken);
+      stage->start += taken;
+      filled += taken;
+      continue;
+    }
+    stage->start = stage->end = 0;
+    size_t got = 0;
+    receive_t outcome;
+    if (into != NULL && length - filled >= stage->capacity) {
+      outcome = receive_some(serving, into + filled, length - filled, &got);
+      if (outcome != RECEIVED) return outcome;
+      filled += got;
+    } else {
+      outcome = receive_some(serving, stage->bytes, stage->capacity, &got);
+      if (outcome != RECEIVED) return outcome;
+      stage->end = got;
+    }
+  }
+  return RECEIVED;
+}
+
+static int write_fully(int fd, const uint8_t *data, size_t length, int64_t offset) {
+  while (length > 0) {
+    ssize_t written = pwrite(fd, data, length, offset);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (written == 0) return EIO;
+    data += written;
+    length -= (size_t)written;
+    offset += written;
+  }
+  return 0;
+}
+
+/* 0, an errno, or ERRNO_END_OF_FILE when the file ends first. */
+static int read_fully(int fd, uint8_t *into, size_t length, int64_t offset) {
+  while (length > 0) {
+    ssize_t count = pread(fd, into, length, offset);
+    if (count < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (count == 0) return ERRNO_END_OF_FILE;
+    into += count;
+    length -= (size_t)count;
+    offset += count;
+  }
+  return 0;
+}
+
+static uint32_t read_u32(const uint8_t *bytes) {
+  return ((uint32_t)bytes[0] << 24) | ((uint32_t)bytes[1] << 16) | ((uint32_t)bytes[2] << 8) |
+         bytes[3];
+}
+
+static void write_u16(uint8_t *bytes, uint16_t value) {
+  bytes[0] = (uint8_t)(value >> 8);
+  bytes[1] = (uint8_t)value;
+}
+
+static void write_u32(uint8_t *bytes, uint32_t value) {
+  bytes[0] = (uint8_t)(value >> 24);
+  bytes[1] = (uint8_t)(value >> 16);
+  bytes[2] = (uint8_t)(value >> 8);
+  bytes[3] = (uint8_t)value;
+}
+
+/* A simple reply without error: the magic, errno 0, the request's 8 handle bytes. */
+static bool append_success(serving_thread_t *serving, const uint8_t *handle) {
+  if (!nbd_reserve(&serving->output, SIMPLE_REPLY_HEADER_BYTES)) return false;
+  uint8_t *reply = serving->output.bytes + serving->output.end;
+  write_u32(reply, SIMPLE_REPLY_MAGIC);
+  write_u32(reply + 4, 0);
+  memcpy(reply + 8, handle, 8);
+  serving->output.end += SIMPLE_REPLY_HEADER_BYTES;
+  return true;
+}
+
+/*
+ * Receives a WRITE's payload piece by piece and writes each piece. On a write error the rest of
+ * the payload is still received (and dropped) so the stream stays in step. Returns the receive
+ * outcome; *write_error is the first errno of a failed pwrite/fdatasync, or 0.
+ */
+static receive_t receive_and_write(serving_thread_t *serving, int64_t offset, uint32_t length,
+                                   bool fua, int *write_error) {
+  *write_error = 0;
+  uint32_t done = 0;
+  while (done < length) {
+    uint32_t piece = length - done < PIECE_BYTES_MAXIMUM ? length - done : PIECE_BYTES_MAXIMUM;
+    receive_t outcome = receive_exact(serving, serving->piece, piece);
+    if (outcome != RECEIVED) return outcome;
+    if (*write_error == 0) {
+      *write_error = write_fully(serving->target_fd, serving->piece, piece, offset + done);
+    }
+    done += piece;
+  }
+  if (*write_error == 0 && fua && fdatasync(serving->target_fd) != 0) *write_error = errno;
+  return RECEIVED;
+}
+
+/* Whether this thread may serve the READ or WRITE itself; the others go to JavaScript. */
+static bool serves_here(serving_thread_t *serving, uint16_t type, uint16_t flags, double offset,
+                        uint32_t length) {
+  pthread_mutex_lock(&serving->mutex);
+  bool draining = serving->draining;
+  pthread_mutex_unlock(&serving->mutex);
+  if (draining || length == 0 || length > serving->maximum_payload_bytes || offset < 0 ||
+      offset + length > serving->size_bytes ||
+      (uint64_t)offset % serving->alignment_bytes != 0 ||
+      length % serving->alignment_bytes != 0) {
+    return false;
+  }
+  if (type == CMD_WRITE) return serving->writable && (flags & ~CMD_FLAG_FUA) == 0;
+  /* DF is valid only with structured replies, and one chunk is never fragmented anyway. */
+  uint16_t allowed = serving->structured_replies ? CMD_FLAG_FUA | CMD_FLAG_DF : CMD_FLAG_FUA;
+  return type == CMD_READ && serving->serves_reads && (flags & ~allowed) == 0 &&
+         length <= READ_BYTES_MAXIMUM;
+}
+
+static int stop_reason_of(receive_t outcome) {
+  switch (outcome) {
+    case RECEIVE_EOF:
+      return STOP_END_OF_STREAM;
+    case RECEIVE_ERROR:
+      return STOP_SOCKET_ERROR;
+    default:
+      return STOP_ASKED;
+  }
+}
+
+/* A READ: the data is read behind its reply header; the reply counts only once it is whole. */
+static int serve_read(serving_thread_t *serving, const uint8_t *raw, const double *header) {
+  uint32_t length = (uint32_t)header[5];
+  size_t header_bytes =
+      serving->structured_replies ? STRUCTURED_READ_HEADER_BYTES : SIMPLE_REPLY_HEADER_BYTES;
+  if (!nbd_reserve(&serving->output, header_bytes + length)) return STOP_NO_MEMORY;
+  uint8_t *reply = serving->output.bytes + serving->output.end;
+  int read_error = read_fully(serving->target_fd, reply + header_bytes, length, (int64_t)header[4]);
+  if (read_error != 0) {
+    return post_event(serving, EVENT_READ_FAILED, header, 0, read_error) ? -1 : STOP_NO_MEMORY;
+  }
+  if (serving->structured_replies) {
+    write_u32(reply, STRUCTURED_REPLY_MAGIC);
+    write_u16(reply + 4, REPLY_FLAG_DONE);
+    write_u16(reply + 6, REPLY_TYPE_OFFSET_DATA);
+    memcpy(reply + 8, raw + 8, 8);
+    write_u32(reply + 16, 8 + length);
+    memcpy(reply + 20, raw + 16, 8); /* the request's offset, as it came */
+  } else {
+    write_u32(reply, SIMPLE_REPLY_MAGIC);
+    write_u32(reply + 4, 0);
+    memcpy(reply + 8, raw + 8, 8);
+  }
+  serving->output.end += header_bytes + length;
+  return -1;
+}
+
+static int serve_write(serving_thread_t *serving, const uint8_t *raw, const double *header) {
+  if (serving->piece == NULL) {
+    void *allocated = NULL;
+    if (posix_memalign(&allocated, 4096, PIECE_BYTES_MAXIMUM) != 0) return STOP_NO_MEMORY;
+    serving->piece = allocated;
+  }
+  int write_error = 0;
+  receive_t outcome =
+      receive_and_write(serving, (int64_t)header[4], (uint32_t)header[5],
+                        ((uint16_t)header[0] & CMD_FLAG_FUA) != 0, &write_error);
+  if (outcome != RECEIVED) return stop_reason_of(outcome);
+  serving->inside_request = false;
+  if (write_error == 0) return append_success(serving, raw + 8) ? -1 : STOP_NO_MEMORY;
+  /* Only the errno: the connection maps it as the file device maps its own errors. */
+  return post_event(serving, EVENT_WRITE_FAILED, header, 0, write_error) ? -1 : STOP_NO_MEMORY;
+}
+
+/* One request; returns -1 to go on, or the reason to stop. */
+static int handle_request(serving_thread_t *serving) {
+  uint8_t raw[REQUEST_HEADER_BYTES];
+  receive_t outcome = receive_exact(serving, raw, REQUEST_HEADER_BYTES);
+  if (outcome != RECEIVED) return stop_reason_of(outcome);
+  serving->inside_request = true;
+  uint32_t magic = read_u32(raw);
+  if (magic != REQUEST_MAGIC) {
+    if (!post_event(serving, EVENT_BAD_MAGIC, NULL, magic, 0)) return STOP_NO_MEMORY;
+    return STOP_PROTOCOL;
+  }
+  uint16_t flags = (uint16_t)((raw[4] << 8) | raw[5]);
+  uint16_t type = (uint16_t)((raw[6] << 8) | raw[7]);
+  uint32_t offset_high = read_u32(raw + 16);
+  uint32_t offset_low = read_u32(raw + 20);
+  uint32_t length = read_u32(raw + 24);
+  /* Offsets from 2^53 on are not exact in a double: -1, as wire.ts readUint64AsNumber does. */
+  double offset = offset_high >= 0x200000 ? -1 : (double)offset_high * 4294967296.0 + offset_low;
+  double header[6] = {flags, type, read_u32(raw + 8), read_u32(raw + 12), offset, length};
+  bool here = serves_here(serving, type, flags, offset, length);
+  serving->other_requests_in_a_row = here ? 0 : serving->other_requests_in_a_row + 1;
+  if (here && type == CMD_READ) {
+    serving->inside_request = false;
+    return serve_read(serving, raw, header);
+  }
+  if (here) return serve_write(serving, raw, header);
+  if (type != CMD_WRITE) {
+    if (!post_event(serving, EVENT_REQUEST, header, 0, 0)) return STOP_NO_MEMORY;
+    serving->inside_request = false;
+    return type == CMD_DISC ? STOP_DISCONNECT : -1;
+  }
+  if (length > serving->maximum_skipped_bytes) {
+    if (!post_event(serving, EVENT_OVERSIZED, header, 0, 0)) return STOP_NO_MEMORY;
+    return STOP_PROTOCOL;
+  }
+  outcome = receive_exact(serving, NULL, length);
+  if (outcome != RECEIVED) return stop_reason_of(outcome);
+  if (!post_event(serving, EVENT_WRITE_SKIPPED, header, 0, 0)) return STOP_NO_MEMORY;
+  serving->inside_request = false;
+  return -1;
+}
+
+void *nbd_thread_run(void *argument) {
+  serving_thread_t *serving = argument;
+  int reason = STOP_ASKED;
+  for (;;) {
+    wait_t waited = wait_until(serving, false);
+    if (waited != WAIT_READY) {
+      reason = waited == WAIT_STOP         ? STOP_ASKED
+               : waited == WAIT_NO_MEMORY  ? STOP_NO_MEMORY
+                                           : STOP_SOCKET_ERROR;
+      break;
+    }
+    int outcome = handle_request(serving);
+    if (outcome >= 0) {
+      reason = outcome;
+      break;
+    }
+    if (serving->hand_back_after > 0 &&
+        serving->other_requests_in_a_row >= serving->hand_back_after) {
+      reason = STOP_HANDED_BACK;
+      break;
+    }
+  }
+  /* What can leave without waiting does; takeOutput gives the connection the rest. */
+  if (reason != STOP_SOCKET_ERROR && nbd_take_javascript_output(serving)) send_output(serving);
+  free(serving->piece);
+  serving->piece = NULL;
+  /* The rest of a request cut short is no request: nothing is left to parse. */
+  if (serving->inside_request) serving->stage.start = serving->stage.end;
+  close(serving->socket_fd);
+  close(serving->target_fd);
+  pthread_mutex_lock(&serving->mutex);
+  serving->ended = true;
+  pthread_mutex_unlock(&serving->mutex);
+  /* STOPPED must arrive even when memory ran out: retry, it is the thread's last act. */
+  while (!post_event(serving, EVENT_STOPPED, NULL, reason, serving->socket_errno)) usleep(1000);
+  napi_release_threadsafe_function(serving->deliver, napi_tsfn_release);
+  return NULL;
+}
