@@ -359,13 +359,17 @@ static receive_t receive_and_write(serving_thread_t *serving, int64_t offset, ui
   return RECEIVED;
 }
 
-/* Whether this thread may serve the READ or WRITE itself; the others go to JavaScript. */
+/*
+ * Whether this thread may serve the READ or WRITE itself; the others go to JavaScript. Once
+ * stop() was called (the export is draining) it serves nothing more: a request it parses
+ * before it ends goes to JavaScript, which refuses it.
+ */
 static bool serves_here(serving_thread_t *serving, uint16_t type, uint16_t flags, double offset,
                         uint32_t length) {
   pthread_mutex_lock(&serving->mutex);
-  bool draining = serving->draining;
+  bool stopping = serving->stop_requested;
   pthread_mutex_unlock(&serving->mutex);
-  if (draining || length == 0 || length > serving->maximum_payload_bytes || offset < 0 ||
+  if (stopping || length == 0 || length > serving->maximum_payload_bytes || offset < 0 ||
       offset + length > serving->size_bytes ||
       (uint64_t)offset % serving->alignment_bytes != 0 ||
       length % serving->alignment_bytes != 0) {

@@ -53,8 +53,8 @@ static void deliver_events(napi_env env, napi_value callback, void *context, voi
     napi_call_threadsafe_function(serving->deliver, NULL, napi_tsfn_nonblocking);
     return;
   }
-  /* The queue has room again. */
-  if (!ended) nbd_thread_wake(serving);
+  /* A thread that waited for room in a full queue has it again (it waits only then). */
+  if (!ended && count >= serving->maximum_queued_events) nbd_thread_wake(serving);
   if (napi_create_typedarray(env, napi_float64_array, count * EVENT_FIELDS, array_buffer, 0,
                              &events) != napi_ok) {
     return;
@@ -201,7 +201,7 @@ static serving_thread_t *serving_of(napi_env env, napi_value value) {
   return data;
 }
 
-/* controlThread(handle, what, value): 1 pause (value 0/1), 2 drain, 3 stop. */
+/* controlThread(handle, what, value): 1 pause (value 0/1), 2 stop. */
 static napi_value js_control_thread(napi_env env, napi_callback_info info) {
   napi_value arguments[3];
   size_t count = 3;
@@ -216,8 +216,7 @@ static napi_value js_control_thread(napi_env env, napi_callback_info info) {
   }
   pthread_mutex_lock(&serving->mutex);
   if (what == 1) serving->paused = value != 0;
-  if (what == 2) serving->draining = true;
-  if (what == 3) serving->stop_requested = true;
+  if (what == 2) serving->stop_requested = true;
   pthread_mutex_unlock(&serving->mutex);
   nbd_thread_wake(serving);
   return NULL;

@@ -78,7 +78,6 @@ typedef struct {
   pthread_mutex_t mutex;
   bool stop_requested;
   bool paused;
-  bool draining;
   bool notified;
   bool ended;
   double *events;

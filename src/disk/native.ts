@@ -88,7 +88,7 @@ export interface NbdThreadNative {
     settings: Float64Array,
     onEvents: (events: Float64Array, leftover: Buffer | undefined) => void,
   ): unknown;
-  /** what: 1 pause (value 1) or resume (0), 2 serve nothing more itself, 3 stop the thread. */
+  /** what: 1 pause (value 1) or resume (0), 2 stop the thread (it serves nothing more). */
   control(handle: unknown, what: number, value: number): void;
   /** Copies `bytes` for the thread to send after its own output; false on no memory. */
   send(handle: unknown, bytes: Buffer): boolean;

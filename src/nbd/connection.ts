@@ -30,6 +30,7 @@ import {
   type ReceivedHeader,
   type StopReason,
   type ThreadEvents,
+  type ThreadServes,
   type TransmissionThreadPolicy,
 } from './transmission-thread.js';
 import type { NbdExport } from './nbd-export.js';
@@ -89,12 +90,7 @@ export class NbdConnection {
   private thread: TransmissionThread | undefined;
   /** While a thread may take over on this connection: its policy and what it would serve. */
   private takeOver:
-    | {
-        readonly policy: TransmissionThreadPolicy;
-        readonly reads: boolean;
-        readonly writes: boolean;
-      }
-    | undefined;
+    { readonly policy: TransmissionThreadPolicy; readonly serves: ThreadServes } | undefined;
   /** A thread stopped for the end: Node reads again only when the socket ends (endSocket). */
   private threadStoppedForEnd: TransmissionThread | undefined;
   private requestsInFlight = 0;
@@ -331,7 +327,7 @@ export class NbdConnection {
     const serves = TransmissionThread.serves(target.device, target.readOnly);
     this.takeOver =
       serves !== undefined && this.threadPolicy !== undefined
-        ? { policy: this.threadPolicy, ...serves }
+        ? { policy: this.threadPolicy, serves }
         : undefined;
     this.logger.info('client attached', {
       export: target.name,
@@ -345,8 +341,8 @@ export class NbdConnection {
     return (
       takeOver !== undefined &&
       this.state === 'request-header' &&
-      ((type === wire.CMD_READ && takeOver.reads) ||
-        (type === wire.CMD_WRITE && takeOver.writes)) &&
+      ((type === wire.CMD_READ && takeOver.serves.reads) ||
+        (type === wire.CMD_WRITE && takeOver.serves.writes)) &&
       lengthBytes >= takeOver.policy.takeOverBytes
     );
   }
@@ -376,7 +372,7 @@ export class NbdConnection {
         maximumPayloadBytes: target.blockSizes.maximumBytes,
         maximumSkippedPayloadBytes: this.limits.maximumSkippedPayloadBytes,
         maximumQueuedEvents: this.limits.maximumRequestsInFlight,
-        writable: takeOver.writes,
+        serves: takeOver.serves,
         structuredReplies: executor.structuredReplies,
         ...takeOver.policy,
       },
@@ -718,7 +714,6 @@ export class NbdConnection {
     if (this.thread !== undefined) {
       // Every request the thread served is answered before the end: its replies are in the
       // output onThreadStopped takes.
-      this.thread.stopServing();
       this.thread.stop();
       return;
     }

@@ -75,6 +75,12 @@ export const defaultTransmissionThreadPolicy: TransmissionThreadPolicy = {
   handBackAfter: 32,
 };
 
+/** Which of READ and WRITE a thread serves itself. */
+export interface ThreadServes {
+  readonly reads: boolean;
+  readonly writes: boolean;
+}
+
 export interface ThreadSettings extends TransmissionThreadPolicy {
   readonly sizeBytes: number;
   readonly alignmentBytes: number;
@@ -82,8 +88,8 @@ export interface ThreadSettings extends TransmissionThreadPolicy {
   readonly maximumSkippedPayloadBytes: number;
   /** Events the thread may queue before it waits for the connection to take them. */
   readonly maximumQueuedEvents: number;
-  /** WRITEs are served by the thread (else all go to the connection, which refuses them). */
-  readonly writable: boolean;
+  /** What the thread serves itself, as serves() said; the rest goes to the connection. */
+  readonly serves: ThreadServes;
   /** The connection negotiated structured replies: READ data goes in an OFFSET_DATA chunk. */
   readonly structuredReplies: boolean;
 }
@@ -107,7 +113,7 @@ const stopReasons: readonly StopReason[] = [
   'no-memory',
   'handed-back',
 ];
-const control = { pause: 1, stopServing: 2, stop: 3 };
+const control = { pause: 1, stop: 2 };
 
 interface StreamHandle {
   fd?: number;
@@ -133,7 +139,6 @@ export class TransmissionThread {
   private stopAsked = false;
   private ended = false;
   private handedBack = false;
-  private servingStopped = false;
 
   private constructor(
     private readonly native: NbdThreadNative,
@@ -148,18 +153,15 @@ export class TransmissionThread {
    * buffer is not sector-aligned), WRITEs (when the export is writable). Undefined when no
    * thread could run at all (no addon, not a file, or TANDEM_NBD_THREAD=0).
    */
-  static serves(
-    device: BlockDevice,
-    exportReadOnly: boolean,
-  ): { reads: boolean; writes: boolean } | undefined {
+  static serves(device: BlockDevice, exportReadOnly: boolean): ThreadServes | undefined {
     if (nativeFor(device) === undefined || !(device instanceof FileDevice)) return undefined;
     const serves = { reads: !device.direct, writes: !exportReadOnly && !device.readOnly };
     return serves.reads || serves.writes ? serves : undefined;
   }
 
   /**
-   * Starts the thread on `socket` for `device` if everything it needs is there: the addon, a
-   * FileDevice, the socket's descriptor, no input buffered inside Node, and no output either
+   * Starts the thread on `socket` for `device` (one serves() accepted) if everything it needs
+   * is there: the socket's descriptor, no input buffered inside Node, and no output either
    * (the caller sees to that: the thread becomes the socket's only writer). `pending` is what
    * the connection had read but not parsed; the thread consumes it first. Undefined when the
    * connection should go on in JavaScript.
@@ -172,10 +174,7 @@ export class TransmissionThread {
     events: ThreadEvents,
   ): TransmissionThread | undefined {
     const native = nativeFor(device);
-    const serves = TransmissionThread.serves(device, !settings.writable);
-    if (native === undefined || serves === undefined || !(device instanceof FileDevice)) {
-      return undefined;
-    }
+    if (native === undefined || !(device instanceof FileDevice)) return undefined;
     const handle = handleOf(socket);
     if (
       handle === undefined ||
@@ -205,8 +204,8 @@ export class TransmissionThread {
         settings.maximumSkippedPayloadBytes,
         settings.maximumQueuedEvents,
         settings.handBackAfter,
-        serves.writes ? 1 : 0,
-        serves.reads ? 1 : 0,
+        settings.serves.writes ? 1 : 0,
+        settings.serves.reads ? 1 : 0,
         settings.structuredReplies ? 1 : 0,
       );
       const started = native.start(handle.fd, target.fd, pending, rawSettings, (raw, leftover) =>
@@ -254,14 +253,10 @@ export class TransmissionThread {
     if (!this.ended) this.native.control(this.thread, control.pause, paused ? 1 : 0);
   }
 
-  /** Every later READ and WRITE goes to the connection instead of being served here. */
-  stopServing(): void {
-    if (this.ended || this.servingStopped) return;
-    this.servingStopped = true;
-    this.native.control(this.thread, control.stopServing, 1);
-  }
-
-  /** Asks the thread to end; `stopped` follows once it has (after a request it is in). */
+  /**
+   * Asks the thread to end; `stopped` follows once it has (after a request it is in). From
+   * now on it serves no READ or WRITE itself: those it still parses go to `request`/`skipped`.
+   */
   stop(): void {
     if (this.ended || this.stopAsked) return;
     this.stopAsked = true;
