@@ -907,6 +907,41 @@ for (const diskKind of diskKinds) {
     );
 
     test(
+      'a burst of requests the connection runs, more than may wait for it, are all answered',
+      testTimeout,
+      async () => {
+        const client = await pool.connect();
+        await client.attach('disk');
+        // The WRITE starts the thread on a file; each FLUSH after it goes to the connection,
+        // 200 of them against a queue of 4 (maximumRequestsInFlight).
+        const batch = [
+          client.prepareRequest({
+            type: wire.CMD_WRITE,
+            handle: 1n,
+            offset: 0,
+            length: 4096,
+            payload: patternBuffer(4096, 22),
+          }),
+        ];
+        const count = 200;
+        for (let index = 0; index < count; index++) {
+          batch.push(
+            client.prepareRequest({
+              type: wire.CMD_FLUSH,
+              handle: BigInt(index + 2),
+              offset: 0,
+              length: 0,
+            }),
+          );
+        }
+        client.send(Buffer.concat(batch));
+        for (let index = 0; index <= count; index++) {
+          assert.equal(replyErrno(await client.readReply()), 0);
+        }
+      },
+    );
+
+    test(
       'a client that does not read its replies is paused, then served when it reads',
       testTimeout,
       async () => {
