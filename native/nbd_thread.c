@@ -6,9 +6,11 @@
  * The thread owns the socket while it runs, both ways. It reads each request header itself and
  * serves a READ or a WRITE that passes the checks the connection gave it on the spot, as
  * nbdkit's file plugin does: pread into its output buffer behind the reply header, or the
- * payload received into its own buffer and pwrite; the reply goes into the output buffer. The
- * output leaves in one send once no further request is waiting in what was received (so
- * replies to a pipelined burst leave together), or when it has grown past a bound. Every other
+ * payload received into its own buffer and pwrite; the reply goes into the output buffer. A
+ * large READ that other requests could overlap goes to the read helper instead (nbd_reader.h),
+ * which preads it into a reply slot while this thread sends. The output leaves in one send
+ * once no further request is waiting in what was received (so replies to a pipelined burst
+ * leave together), or when it has grown past a bound (nbd_output.c sends). Every other
  * request (and every READ or WRITE that fails a check) goes to JavaScript as an event;
  * JavaScript validates it, runs it and hands the reply bytes back (send()), which the thread
  * sends with its own: the socket keeps one writer. A failed pread or pwrite goes to JavaScript
@@ -64,6 +66,8 @@
 /* READs up to this are served here (read whole before the reply starts, as an error must come
    before any data); longer ones go to JavaScript. */
 #define READ_BYTES_MAXIMUM (4 * 1024 * 1024)
+/* READs from this on go to the read helper (nbd_reader.h); smaller ones are read here. */
+#define READER_MINIMUM_BYTES (256 * 1024)
 /* Replies are sent when no further request is waiting in what was received, or once this much
    has gathered. */
 #define OUTPUT_FLUSH_BYTES (256 * 1024)
@@ -71,115 +75,21 @@
    it, the next READ is read while the kernel still sends the last. */
 #define OUTPUT_PENDING_MAXIMUM (2 * 1024 * 1024)
 
-/* The errno field of READ_FAILED for a file that ended before the range did. */
-#define ERRNO_END_OF_FILE (-1)
-
 typedef enum { RECEIVED = 0, RECEIVE_STOP, RECEIVE_EOF, RECEIVE_ERROR } receive_t;
 
-void nbd_thread_wake(serving_thread_t *serving) {
-  uint64_t one = 1;
-  if (write(serving->wake_fd, &one, sizeof one) < 0) {
-    /* An eventfd write only fails on counter overflow: the thread is awake anyway. */
-  }
-}
-
-size_t nbd_pending_bytes(const byte_buffer_t *buffer) { return buffer->end - buffer->start; }
-
-/* Makes room for `extra` more bytes at the end; false on no memory. */
-bool nbd_reserve(byte_buffer_t *buffer, size_t extra) {
-  if (buffer->start == buffer->end) buffer->start = buffer->end = 0;
-  if (buffer->capacity - buffer->end >= extra) return true;
-  size_t used = buffer->end - buffer->start;
-  if (buffer->start > 0 && buffer->capacity - used >= extra) {
-    memmove(buffer->bytes, buffer->bytes + buffer->start, used);
-  } else {
-    size_t capacity = buffer->capacity == 0 ? 64 * 1024 : buffer->capacity;
-    while (capacity - used < extra) capacity *= 2;
-    uint8_t *grown = malloc(capacity);
-    if (grown == NULL) return false;
-    if (used > 0) memcpy(grown, buffer->bytes + buffer->start, used);
-    free(buffer->bytes);
-    buffer->bytes = grown;
-    buffer->capacity = capacity;
-  }
-  buffer->start = 0;
-  buffer->end = used;
-  return true;
-}
-
-/* Appends one event; wakes JavaScript when the queue was empty. Returns false on no memory. */
-static bool post_event(serving_thread_t *serving, int kind, const double *header, double extra,
-                       int system_errno) {
-  pthread_mutex_lock(&serving->mutex);
-  if (serving->event_count == serving->event_capacity) {
-    size_t capacity = serving->event_capacity == 0 ? 64 : serving->event_capacity * 2;
-    double *grown = realloc(serving->events, capacity * EVENT_FIELDS * sizeof(double));
-    if (grown == NULL) {
-      pthread_mutex_unlock(&serving->mutex);
-      return false;
-    }
-    serving->events = grown;
-    serving->event_capacity = capacity;
-  }
-  double *event = serving->events + serving->event_count * EVENT_FIELDS;
-  event[0] = kind;
-  for (int field = 0; field < 6; field++) event[1 + field] = header == NULL ? 0 : header[field];
-  event[7] = extra;
-  event[8] = system_errno;
-  serving->event_count += 1;
-  bool call = !serving->notified;
-  serving->notified = true;
-  pthread_mutex_unlock(&serving->mutex);
-  if (call) napi_call_threadsafe_function(serving->deliver, NULL, napi_tsfn_nonblocking);
-  return true;
-}
-
-/* Moves JavaScript's replies behind the thread's own output; false on no memory. */
-bool nbd_take_javascript_output(serving_thread_t *serving) {
-  bool ok = true;
-  pthread_mutex_lock(&serving->mutex);
-  byte_buffer_t *from = &serving->javascript_output;
-  size_t length = nbd_pending_bytes(from);
-  if (length > 0) {
-    ok = nbd_reserve(&serving->output, length);
-    if (ok) {
-      memcpy(serving->output.bytes + serving->output.end, from->bytes + from->start, length);
-      serving->output.end += length;
-      from->start = from->end = 0;
-    }
-  }
-  pthread_mutex_unlock(&serving->mutex);
-  return ok;
-}
-
-/* Sends what it can without waiting; false on a socket error (socket_errno says which). */
-static bool send_output(serving_thread_t *serving) {
-  byte_buffer_t *output = &serving->output;
-  while (output->end > output->start) {
-    ssize_t sent = send(serving->socket_fd, output->bytes + output->start,
-                        output->end - output->start, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (sent > 0) {
-      output->start += (size_t)sent;
-      continue;
-    }
-    if (sent < 0 && errno == EINTR) continue;
-    if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return true;
-    serving->socket_errno = sent < 0 ? errno : EPIPE;
-    return false;
-  }
-  output->start = output->end = 0;
-  return true;
-}
-
 typedef enum { WAIT_READY = 0, WAIT_STOP, WAIT_SOCKET_ERROR, WAIT_NO_MEMORY } wait_t;
+typedef enum { UNTIL_INPUT, UNTIL_ROOM, UNTIL_READ_SLOT } until_t;
 
 /*
- * Sends output and waits: for the socket to be readable (`for_input`), or else until the
- * thread may read another request (not paused, the event queue not full, not too much output
- * unsent). Returns at once when stop() was called. Output under OUTPUT_FLUSH_BYTES waits for
- * the next wait for input, so the replies to a pipelined burst leave in one send.
+ * Sends replies and waits until: the socket is readable (UNTIL_INPUT); the thread may read
+ * another request, as it is not paused, the event queue is not full and not too much output
+ * is unsent (UNTIL_ROOM); the read helper has a free slot (UNTIL_READ_SLOT). Returns at once
+ * when stop() was called. While the next request may be read (UNTIL_ROOM), replies wait until
+ * OUTPUT_FLUSH_BYTES have gathered or the helper's slots are all taken: the replies to a
+ * pipelined burst leave in one send, and the helper gets the next READ before the thread
+ * spends its time sending the last.
  */
-static wait_t wait_until(serving_thread_t *serving, bool for_input) {
+static wait_t wait_until(serving_thread_t *serving, until_t until) {
   for (;;) {
     if (!nbd_take_javascript_output(serving)) return WAIT_NO_MEMORY;
     pthread_mutex_lock(&serving->mutex);
@@ -187,14 +97,19 @@ static wait_t wait_until(serving_thread_t *serving, bool for_input) {
     bool room = !serving->paused && serving->event_count < serving->maximum_queued_events;
     pthread_mutex_unlock(&serving->mutex);
     if (stop) return WAIT_STOP;
-    bool ready = !for_input && room;
-    if ((!ready || nbd_pending_bytes(&serving->output) >= OUTPUT_FLUSH_BYTES) &&
-        !send_output(serving)) {
-      return WAIT_SOCKET_ERROR;
-    }
-    bool unsent = nbd_pending_bytes(&serving->output) > 0;
+    bool ready = until == UNTIL_ROOM && room;
+    /* While the next request can be read and the helper has room, replies wait for it. */
+    bool flush = !ready || nbd_reader_full(&serving->reader) ||
+                 nbd_pending_bytes(&serving->output) >= OUTPUT_FLUSH_BYTES;
+    send_t sent = nbd_send_replies(serving, flush);
+    if (sent != SEND_DONE) return sent == SEND_NO_MEMORY ? WAIT_NO_MEMORY : WAIT_SOCKET_ERROR;
     if (ready && nbd_pending_bytes(&serving->output) < OUTPUT_PENDING_MAXIMUM) return WAIT_READY;
-    short socket_events = (short)((for_input ? POLLIN : 0) | (unsent ? POLLOUT : 0));
+    if (until == UNTIL_READ_SLOT && nbd_reader_has_room(&serving->reader)) return WAIT_READY;
+    bool unsent =
+        nbd_pending_bytes(&serving->output) > 0 || nbd_reader_head(&serving->reader) != NULL;
+    /* A READ waiting for the helper is work to do now, rather than sleep. */
+    if (nbd_reader_read_one(&serving->reader)) continue;
+    short socket_events = (short)((until == UNTIL_INPUT ? POLLIN : 0) | (unsent ? POLLOUT : 0));
     struct pollfd watched[2] = {
         /* A socket watched for nothing would still report a hang-up at once, over and over. */
         {.fd = socket_events == 0 ? -1 : serving->socket_fd, .events = socket_events},
@@ -202,14 +117,16 @@ static wait_t wait_until(serving_thread_t *serving, bool for_input) {
     };
     int polled = poll(watched, 2, -1);
     if (polled < 0 && errno == EINTR) continue;
-    if (polled < 0) return for_input ? WAIT_READY : WAIT_SOCKET_ERROR; /* recv reports it */
+    if (polled < 0) return until == UNTIL_INPUT ? WAIT_READY : WAIT_SOCKET_ERROR; /* recv says */
     if (watched[1].revents != 0) {
       uint64_t ignored;
       if (read(serving->wake_fd, &ignored, sizeof ignored) < 0) {
         /* Nothing to do: the counter is only a wake-up. */
       }
     }
-    if (for_input && (watched[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) return WAIT_READY;
+    if (until == UNTIL_INPUT && (watched[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
+      return WAIT_READY;
+    }
   }
 }
 
@@ -236,7 +153,7 @@ static receive_t receive_some(serving_thread_t *serving, uint8_t *into, size_t l
     if (count == 0) return RECEIVE_EOF;
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      receive_t outcome = receive_outcome_of(wait_until(serving, true));
+      receive_t outcome = receive_outcome_of(wait_until(serving, UNTIL_INPUT));
       if (outcome != RECEIVED) return outcome;
       continue;
     }
@@ -289,22 +206,6 @@ static int write_fully(int fd, const uint8_t *data, size_t length, int64_t offse
     data += written;
     length -= (size_t)written;
     offset += written;
-  }
-  return 0;
-}
-
-/* 0, an errno, or ERRNO_END_OF_FILE when the file ends first. */
-static int read_fully(int fd, uint8_t *into, size_t length, int64_t offset) {
-  while (length > 0) {
-    ssize_t count = pread(fd, into, length, offset);
-    if (count < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    if (count == 0) return ERRNO_END_OF_FILE;
-    into += count;
-    length -= (size_t)count;
-    offset += count;
   }
   return 0;
 }
@@ -393,17 +294,9 @@ static int stop_reason_of(receive_t outcome) {
   }
 }
 
-/* A READ: the data is read behind its reply header; the reply counts only once it is whole. */
-static int serve_read(serving_thread_t *serving, const uint8_t *raw, const double *header) {
-  uint32_t length = (uint32_t)header[5];
-  size_t header_bytes =
-      serving->structured_replies ? STRUCTURED_READ_HEADER_BYTES : SIMPLE_REPLY_HEADER_BYTES;
-  if (!nbd_reserve(&serving->output, header_bytes + length)) return STOP_NO_MEMORY;
-  uint8_t *reply = serving->output.bytes + serving->output.end;
-  int read_error = read_fully(serving->target_fd, reply + header_bytes, length, (int64_t)header[4]);
-  if (read_error != 0) {
-    return post_event(serving, EVENT_READ_FAILED, header, 0, read_error) ? -1 : STOP_NO_MEMORY;
-  }
+/* Writes a successful READ reply's header (simple, or one OFFSET_DATA chunk) at `reply`. */
+static void write_read_header(serving_thread_t *serving, uint8_t *reply, const uint8_t *raw,
+                              uint32_t length) {
   if (serving->structured_replies) {
     write_u32(reply, STRUCTURED_REPLY_MAGIC);
     write_u16(reply + 4, REPLY_FLAG_DONE);
@@ -416,6 +309,58 @@ static int serve_read(serving_thread_t *serving, const uint8_t *raw, const doubl
     write_u32(reply + 4, 0);
     memcpy(reply + 8, raw + 8, 8);
   }
+}
+
+/*
+ * Hands a large READ to the read helper once it has a free slot. Returns false when stop()
+ * was called meanwhile: the caller reads it here, so every request parsed is answered.
+ * Otherwise *outcome is -1 (handed over) or the reason to stop.
+ */
+static bool hand_to_reader(serving_thread_t *serving, const uint8_t *raw, const double *header,
+                           size_t header_bytes, int *outcome) {
+  nbd_reader_t *reader = &serving->reader;
+  wait_t waited = nbd_reader_has_room(reader) ? WAIT_READY : wait_until(serving, UNTIL_READ_SLOT);
+  if (waited == WAIT_STOP) return false;
+  *outcome = waited == WAIT_NO_MEMORY ? STOP_NO_MEMORY : STOP_SOCKET_ERROR;
+  if (waited != WAIT_READY) return true;
+  uint32_t length = (uint32_t)header[5];
+  read_slot_t *slot = nbd_reader_slot(reader, header_bytes + length);
+  if (slot == NULL) {
+    *outcome = STOP_NO_MEMORY;
+    return true;
+  }
+  write_read_header(serving, slot->bytes, raw, length);
+  slot->header_bytes = header_bytes;
+  slot->offset = (int64_t)header[4];
+  memcpy(slot->request, header, sizeof slot->request);
+  nbd_reader_submit(reader);
+  *outcome = -1;
+  return true;
+}
+
+/*
+ * A READ: the data is read behind its reply header (by the read helper when it is large); the
+ * reply counts only once it is whole. A failed read goes to JavaScript as READ_FAILED.
+ */
+static int serve_read(serving_thread_t *serving, const uint8_t *raw, const double *header) {
+  uint32_t length = (uint32_t)header[5];
+  size_t header_bytes =
+      serving->structured_replies ? STRUCTURED_READ_HEADER_BYTES : SIMPLE_REPLY_HEADER_BYTES;
+  /* With no other READ in flight and no further request received, nothing could overlap. */
+  bool overlaps = nbd_reader_busy(&serving->reader) || nbd_pending_bytes(&serving->stage) > 0;
+  if (length >= READER_MINIMUM_BYTES && overlaps &&
+      nbd_reader_running(&serving->reader, serving->target_fd, serving->wake_fd)) {
+    int outcome = -1;
+    if (hand_to_reader(serving, raw, header, header_bytes, &outcome)) return outcome;
+  }
+  if (!nbd_reserve(&serving->output, header_bytes + length)) return STOP_NO_MEMORY;
+  uint8_t *reply = serving->output.bytes + serving->output.end;
+  int read_error =
+      nbd_read_fully(serving->target_fd, reply + header_bytes, length, (int64_t)header[4]);
+  if (read_error != 0) {
+    return nbd_post_event(serving, EVENT_READ_FAILED, header, 0, read_error) ? -1 : STOP_NO_MEMORY;
+  }
+  write_read_header(serving, reply, raw, length);
   serving->output.end += header_bytes + length;
   return -1;
 }
@@ -434,7 +379,7 @@ static int serve_write(serving_thread_t *serving, const uint8_t *raw, const doub
   serving->inside_request = false;
   if (write_error == 0) return append_success(serving, raw + 8) ? -1 : STOP_NO_MEMORY;
   /* Only the errno: the connection maps it as the file device maps its own errors. */
-  return post_event(serving, EVENT_WRITE_FAILED, header, 0, write_error) ? -1 : STOP_NO_MEMORY;
+  return nbd_post_event(serving, EVENT_WRITE_FAILED, header, 0, write_error) ? -1 : STOP_NO_MEMORY;
 }
 
 /* One request; returns -1 to go on, or the reason to stop. */
@@ -445,7 +390,7 @@ static int handle_request(serving_thread_t *serving) {
   serving->inside_request = true;
   uint32_t magic = read_u32(raw);
   if (magic != REQUEST_MAGIC) {
-    if (!post_event(serving, EVENT_BAD_MAGIC, NULL, magic, 0)) return STOP_NO_MEMORY;
+    if (!nbd_post_event(serving, EVENT_BAD_MAGIC, NULL, magic, 0)) return STOP_NO_MEMORY;
     return STOP_PROTOCOL;
   }
   uint16_t flags = (uint16_t)((raw[4] << 8) | raw[5]);
@@ -464,26 +409,27 @@ static int handle_request(serving_thread_t *serving) {
   }
   if (here) return serve_write(serving, raw, header);
   if (type != CMD_WRITE) {
-    if (!post_event(serving, EVENT_REQUEST, header, 0, 0)) return STOP_NO_MEMORY;
+    if (!nbd_post_event(serving, EVENT_REQUEST, header, 0, 0)) return STOP_NO_MEMORY;
     serving->inside_request = false;
     return type == CMD_DISC ? STOP_DISCONNECT : -1;
   }
   if (length > serving->maximum_skipped_bytes) {
-    if (!post_event(serving, EVENT_OVERSIZED, header, 0, 0)) return STOP_NO_MEMORY;
+    if (!nbd_post_event(serving, EVENT_OVERSIZED, header, 0, 0)) return STOP_NO_MEMORY;
     return STOP_PROTOCOL;
   }
   outcome = receive_exact(serving, NULL, length);
   if (outcome != RECEIVED) return stop_reason_of(outcome);
-  if (!post_event(serving, EVENT_WRITE_SKIPPED, header, 0, 0)) return STOP_NO_MEMORY;
+  if (!nbd_post_event(serving, EVENT_WRITE_SKIPPED, header, 0, 0)) return STOP_NO_MEMORY;
   serving->inside_request = false;
   return -1;
 }
 
 void *nbd_thread_run(void *argument) {
   serving_thread_t *serving = argument;
+  pthread_setname_np(pthread_self(), "tandem-nbd-tx");
   int reason = STOP_ASKED;
   for (;;) {
-    wait_t waited = wait_until(serving, false);
+    wait_t waited = wait_until(serving, UNTIL_ROOM);
     if (waited != WAIT_READY) {
       reason = waited == WAIT_STOP         ? STOP_ASKED
                : waited == WAIT_NO_MEMORY  ? STOP_NO_MEMORY
@@ -501,8 +447,13 @@ void *nbd_thread_run(void *argument) {
       break;
     }
   }
+  nbd_reader_finish(&serving->reader);
   /* What can leave without waiting does; takeOutput gives the connection the rest. */
-  if (reason != STOP_SOCKET_ERROR && nbd_take_javascript_output(serving)) send_output(serving);
+  if (reason != STOP_SOCKET_ERROR && nbd_take_javascript_output(serving)) {
+    nbd_send_replies(serving, true);
+  }
+  if (!nbd_keep_unsent_reads(serving)) reason = STOP_NO_MEMORY;
+  nbd_reader_destroy(&serving->reader);
   free(serving->piece);
   serving->piece = NULL;
   /* The rest of a request cut short is no request: nothing is left to parse. */
@@ -513,7 +464,7 @@ void *nbd_thread_run(void *argument) {
   serving->ended = true;
   pthread_mutex_unlock(&serving->mutex);
   /* STOPPED must arrive even when memory ran out: retry, it is the thread's last act. */
-  while (!post_event(serving, EVENT_STOPPED, NULL, reason, serving->socket_errno)) usleep(1000);
+  while (!nbd_post_event(serving, EVENT_STOPPED, NULL, reason, serving->socket_errno)) usleep(1000);
   napi_release_threadsafe_function(serving->deliver, napi_tsfn_release);
   return NULL;
 }

@@ -1,6 +1,7 @@
 /*
- * Inside the NBD transmission thread: the state that nbd_thread.c (the thread) and
- * nbd_thread_napi.c (its JavaScript interface) share, and the calls between them.
+ * Inside the NBD transmission thread: the state that nbd_thread.c (the thread), nbd_output.c
+ * (its replies on their way out) and nbd_thread_napi.c (its JavaScript interface) share, and
+ * the calls between them.
  */
 #ifndef TANDEM_NBD_THREAD_STATE_H
 #define TANDEM_NBD_THREAD_STATE_H
@@ -9,6 +10,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "nbd_reader.h"
 
 /* The stage's capacity: what one recv may bring in (more when the connection hands over more). */
 #define STAGE_BYTES (64 * 1024)
@@ -68,6 +71,10 @@ typedef struct {
 
   /* Thread-only while the thread runs; read by takeOutput once it has ended. */
   byte_buffer_t output;
+  /* Output was sent in part: its first byte is inside a reply, which must leave whole. */
+  bool output_in_progress;
+  /* Large READs are read here, their replies sent from its slots. */
+  nbd_reader_t reader;
   uint8_t *piece;
   int socket_errno;
   uint32_t other_requests_in_a_row;
@@ -97,6 +104,15 @@ bool nbd_reserve(byte_buffer_t *buffer, size_t extra);
 void nbd_thread_wake(serving_thread_t *serving);
 /* Moves JavaScript's replies behind the thread's own output; false on no memory. */
 bool nbd_take_javascript_output(serving_thread_t *serving);
+/* Appends one event for JavaScript (header: the request's 6 fields, or NULL); false on no
+   memory. */
+bool nbd_post_event(serving_thread_t *serving, int kind, const double *header, double extra,
+                    int system_errno);
+typedef enum { SEND_DONE = 0, SEND_SOCKET_ERROR, SEND_NO_MEMORY } send_t;
+/* Sends what can leave without waiting; with `flush`, everything ready (nbd_output.c). */
+send_t nbd_send_replies(serving_thread_t *serving, bool flush);
+/* Once the read helper has ended: its unsent replies join the output; false on no memory. */
+bool nbd_keep_unsent_reads(serving_thread_t *serving);
 /* The thread's body (pthread_create's start routine). */
 void *nbd_thread_run(void *argument);
 
