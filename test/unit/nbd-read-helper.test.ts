@@ -62,6 +62,29 @@ async function readReplies(client: RawNbdClient, count: number): Promise<Map<big
   return replies;
 }
 
+/**
+ * Pauses the client, sends `count` READs at once (handles 1 to count), and waits until the
+ * read helper runs: the replies then wait for the client to resume.
+ */
+async function sendReads(
+  client: RawNbdClient,
+  count: number,
+  offsetOf: (index: number) => number,
+  lengthOf: (index: number) => number,
+): Promise<void> {
+  client.socket.pause();
+  const batch = Array.from({ length: count }, (_, index) =>
+    client.prepareRequest({
+      type: wire.CMD_READ,
+      handle: BigInt(index + 1),
+      offset: offsetOf(index),
+      length: lengthOf(index),
+    }),
+  );
+  client.send(Buffer.concat(batch));
+  await waitUntil(() => helperThreads() >= 1, 3000, 'the read helper runs');
+}
+
 describe('NBD read helper', { skip }, () => {
   let directory: string;
   let filePath: string;
@@ -156,24 +179,14 @@ describe('NBD read helper', { skip }, () => {
         const halfBytes = fileSizeBytes / 2;
         fs.truncateSync(filePath, halfBytes);
         try {
-          client.socket.pause();
-          const batch: Buffer[] = [];
-          const beyond = new Set<bigint>();
-          for (let index = 0; index < 24; index++) {
-            const handle = BigInt(index + 1);
-            const past = index % 3 === 1;
-            if (past) beyond.add(handle);
-            const offset = past ? halfBytes + index * mebibyte : index * mebibyte;
-            batch.push(
-              client.prepareRequest({ type: wire.CMD_READ, handle, offset, length: mebibyte }),
-            );
-          }
-          client.send(Buffer.concat(batch));
-          await waitUntil(() => helperThreads() >= 1, 3000, 'the read helper runs');
+          const past = (index: number): boolean => index % 3 === 1;
+          const offsetOf = (index: number): number =>
+            past(index) ? halfBytes + index * mebibyte : index * mebibyte;
+          await sendReads(client, 24, offsetOf, () => mebibyte);
           client.socket.resume();
           const replies = await readReplies(client, 24);
           for (const [handle, reply] of replies) {
-            if (beyond.has(handle)) {
+            if (past(Number(handle) - 1)) {
               assert.equal(replyErrno(reply), wire.NBD_EIO, `handle ${handle}`);
               continue;
             }
@@ -202,25 +215,12 @@ describe('NBD read helper', { skip }, () => {
     async () => {
       const client = await pool.connect();
       await client.attach('disk', { structured: false });
-      client.socket.pause();
       // Mostly 4 KiB reads (their replies gather in the thread's output) with a 1 MiB read (a
       // slot) every 64: when the socket fills, a reply of either kind is likely half sent.
       const count = 3000;
       const lengthOf = (index: number): number => (index % 64 === 63 ? mebibyte : 4096);
       const offsetOf = (index: number): number => (index * 8192) % (fileSizeBytes - mebibyte);
-      const batch: Buffer[] = [];
-      for (let index = 0; index < count; index++) {
-        batch.push(
-          client.prepareRequest({
-            type: wire.CMD_READ,
-            handle: BigInt(index + 1),
-            offset: offsetOf(index),
-            length: lengthOf(index),
-          }),
-        );
-      }
-      client.send(Buffer.concat(batch));
-      await waitUntil(() => helperThreads() >= 1, 3000, 'the read helper runs');
+      await sendReads(client, count, offsetOf, lengthOf);
       await delay(200);
       client.socket.resume();
       const replies = await readReplies(client, count);
@@ -238,27 +238,15 @@ describe('NBD read helper', { skip }, () => {
     async () => {
       const client = await pool.connect();
       await client.attach('disk', { structured: true });
-      client.socket.pause();
       const count = 48;
-      const batch: Buffer[] = [];
-      for (let index = 0; index < count; index++) {
-        const offset = (index * 7 * mebibyte) % (fileSizeBytes - mebibyte);
-        batch.push(
-          client.prepareRequest({
-            type: wire.CMD_READ,
-            handle: BigInt(index + 1),
-            offset,
-            length: mebibyte,
-          }),
-        );
-      }
-      client.send(Buffer.concat(batch));
-      await waitUntil(() => helperThreads() >= 1, 3000, 'the read helper runs');
+      const offsetOf = (index: number): number =>
+        (index * 7 * mebibyte) % (fileSizeBytes - mebibyte);
+      await sendReads(client, count, offsetOf, () => mebibyte);
       await delay(300);
       client.socket.resume();
       const replies = await readReplies(client, count);
       for (const [handle, reply] of replies) {
-        const offset = ((Number(handle) - 1) * 7 * mebibyte) % (fileSizeBytes - mebibyte);
+        const offset = offsetOf(Number(handle) - 1);
         assert.ok(replyData(reply).equals(contents.subarray(offset, offset + mebibyte)));
       }
     },
@@ -286,22 +274,9 @@ describe('NBD read helper, export removed', { skip }, () => {
       try {
         const client = await pool.connect();
         await client.attach('disk', { structured: false });
-        client.socket.pause();
         const count = 48;
         const offsetOf = (index: number): number => (index * 3 * mebibyte) % (15 * mebibyte);
-        const batch: Buffer[] = [];
-        for (let index = 0; index < count; index++) {
-          batch.push(
-            client.prepareRequest({
-              type: wire.CMD_READ,
-              handle: BigInt(index + 1),
-              offset: offsetOf(index),
-              length: mebibyte,
-            }),
-          );
-        }
-        client.send(Buffer.concat(batch));
-        await waitUntil(() => helperThreads() >= 1, 3000, 'the read helper runs');
+        await sendReads(client, count, offsetOf, () => mebibyte);
         await delay(200);
         const removed = withTimeout(server.server.removeExport('disk'), 5000, 'removeExport');
         await delay(100);
