@@ -74,6 +74,13 @@ bool nbd_post_event(serving_thread_t *serving, int kind, const double *header, d
   return true;
 }
 
+bool nbd_append(byte_buffer_t *buffer, const void *bytes, size_t length) {
+  if (!nbd_reserve(buffer, length)) return false;
+  if (length > 0) memcpy(buffer->bytes + buffer->end, bytes, length); /* bytes may be NULL */
+  buffer->end += length;
+  return true;
+}
+
 /* Moves JavaScript's replies behind the thread's own output; false on no memory. */
 bool nbd_take_javascript_output(serving_thread_t *serving) {
   bool ok = true;
@@ -81,12 +88,8 @@ bool nbd_take_javascript_output(serving_thread_t *serving) {
   byte_buffer_t *from = &serving->javascript_output;
   size_t length = nbd_pending_bytes(from);
   if (length > 0) {
-    ok = nbd_reserve(&serving->output, length);
-    if (ok) {
-      memcpy(serving->output.bytes + serving->output.end, from->bytes + from->start, length);
-      serving->output.end += length;
-      from->start = from->end = 0;
-    }
+    ok = nbd_append(&serving->output, from->bytes + from->start, length);
+    if (ok) from->start = from->end = 0;
   }
   pthread_mutex_unlock(&serving->mutex);
   return ok;
@@ -163,13 +166,6 @@ send_t nbd_send_replies(serving_thread_t *serving, bool flush) {
   }
 }
 
-static bool append_bytes(byte_buffer_t *buffer, const uint8_t *bytes, size_t length) {
-  if (!nbd_reserve(buffer, length)) return false;
-  memcpy(buffer->bytes + buffer->end, bytes, length);
-  buffer->end += length;
-  return true;
-}
-
 /*
  * Once the read helper has ended: moves its replies not sent yet into the output (a reply
  * begun goes first), for takeOutput, and hands its failed reads to JavaScript. False on no
@@ -181,9 +177,9 @@ bool nbd_keep_unsent_reads(serving_thread_t *serving) {
   read_slot_t *head = nbd_reader_head(reader);
   if (head != NULL && reader->head_sent > 0) {
     byte_buffer_t kept = {0};
-    if (!append_bytes(&kept, head->bytes + reader->head_sent,
-                      head->reply_bytes - reader->head_sent) ||
-        !append_bytes(&kept, output->bytes + output->start, nbd_pending_bytes(output))) {
+    if (!nbd_append(&kept, head->bytes + reader->head_sent,
+                    head->reply_bytes - reader->head_sent) ||
+        !nbd_append(&kept, output->bytes + output->start, nbd_pending_bytes(output))) {
       free(kept.bytes);
       return false;
     }
@@ -195,7 +191,7 @@ bool nbd_keep_unsent_reads(serving_thread_t *serving) {
   for (; (head = nbd_reader_head(reader)) != NULL; nbd_reader_release_head(reader)) {
     bool kept = head->error != 0
                     ? nbd_post_event(serving, EVENT_READ_FAILED, head->request, 0, head->error)
-                    : append_bytes(output, head->bytes, head->reply_bytes);
+                    : nbd_append(output, head->bytes, head->reply_bytes);
     if (!kept) return false;
   }
   return true;

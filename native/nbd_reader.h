@@ -5,7 +5,7 @@
  * socket is busy all the time while the client waits half of it: measured here, one connection
  * read at 0.8x nbdkit, whose worker threads overlap one request's pread with another's send.
  * So a large READ goes to this helper: it preads into a reply slot while the transmission
- * thread sends the slots read before. Requests are read, and replies leave, in the order
+ * thread sends the slots read before. Slots are begun, and their replies leave, in the order
  * submitted. Small READs stay on the transmission thread, where a hand-over would cost more
  * than the copy.
  *

@@ -105,10 +105,10 @@ static wait_t wait_until(serving_thread_t *serving, until_t until) {
     if (sent != SEND_DONE) return sent == SEND_NO_MEMORY ? WAIT_NO_MEMORY : WAIT_SOCKET_ERROR;
     if (ready && nbd_pending_bytes(&serving->output) < OUTPUT_PENDING_MAXIMUM) return WAIT_READY;
     if (until == UNTIL_READ_SLOT && nbd_reader_has_room(&serving->reader)) return WAIT_READY;
-    bool unsent =
-        nbd_pending_bytes(&serving->output) > 0 || nbd_reader_head(&serving->reader) != NULL;
     /* A READ waiting for the helper is work to do now, rather than sleep. */
     if (nbd_reader_read_one(&serving->reader)) continue;
+    bool unsent =
+        nbd_pending_bytes(&serving->output) > 0 || nbd_reader_head(&serving->reader) != NULL;
     short socket_events = (short)((until == UNTIL_INPUT ? POLLIN : 0) | (unsent ? POLLOUT : 0));
     struct pollfd watched[2] = {
         /* A socket watched for nothing would still report a hang-up at once, over and over. */
@@ -127,6 +127,18 @@ static wait_t wait_until(serving_thread_t *serving, until_t until) {
     if (until == UNTIL_INPUT && (watched[0].revents & (POLLIN | POLLHUP | POLLERR)) != 0) {
       return WAIT_READY;
     }
+  }
+}
+
+/* Why the thread stops when a wait ended other than READY. */
+static int stop_reason_of_wait(wait_t waited) {
+  switch (waited) {
+    case WAIT_STOP:
+      return STOP_ASKED;
+    case WAIT_NO_MEMORY:
+      return STOP_NO_MEMORY;
+    default:
+      return STOP_SOCKET_ERROR;
   }
 }
 
@@ -321,8 +333,10 @@ static bool hand_to_reader(serving_thread_t *serving, const uint8_t *raw, const 
   nbd_reader_t *reader = &serving->reader;
   wait_t waited = nbd_reader_has_room(reader) ? WAIT_READY : wait_until(serving, UNTIL_READ_SLOT);
   if (waited == WAIT_STOP) return false;
-  *outcome = waited == WAIT_NO_MEMORY ? STOP_NO_MEMORY : STOP_SOCKET_ERROR;
-  if (waited != WAIT_READY) return true;
+  if (waited != WAIT_READY) {
+    *outcome = stop_reason_of_wait(waited);
+    return true;
+  }
   uint32_t length = (uint32_t)header[5];
   read_slot_t *slot = nbd_reader_slot(reader, header_bytes + length);
   if (slot == NULL) {
@@ -431,9 +445,7 @@ void *nbd_thread_run(void *argument) {
   for (;;) {
     wait_t waited = wait_until(serving, UNTIL_ROOM);
     if (waited != WAIT_READY) {
-      reason = waited == WAIT_STOP         ? STOP_ASKED
-               : waited == WAIT_NO_MEMORY  ? STOP_NO_MEMORY
-                                           : STOP_SOCKET_ERROR;
+      reason = stop_reason_of_wait(waited);
       break;
     }
     int outcome = handle_request(serving);

@@ -236,11 +236,7 @@ static napi_value js_send_on_thread(napi_env env, napi_callback_info info) {
     return NULL;
   }
   pthread_mutex_lock(&serving->mutex);
-  bool ok = nbd_reserve(&serving->javascript_output, length);
-  if (ok) {
-    memcpy(serving->javascript_output.bytes + serving->javascript_output.end, bytes, length);
-    serving->javascript_output.end += length;
-  }
+  bool ok = nbd_append(&serving->javascript_output, bytes, length);
   bool ended = serving->ended;
   pthread_mutex_unlock(&serving->mutex);
   if (ok && !ended) nbd_thread_wake(serving);

@@ -100,6 +100,8 @@ typedef struct {
 size_t nbd_pending_bytes(const byte_buffer_t *buffer);
 /* Makes room for `extra` more bytes at the end; false on no memory. */
 bool nbd_reserve(byte_buffer_t *buffer, size_t extra);
+/* Appends `length` bytes; false on no memory. */
+bool nbd_append(byte_buffer_t *buffer, const void *bytes, size_t length);
 /* Wakes the thread wherever it waits. */
 void nbd_thread_wake(serving_thread_t *serving);
 /* Moves JavaScript's replies behind the thread's own output; false on no memory. */
